@@ -1,0 +1,50 @@
+"""A real-scale video model for TPU pods and GPU clusters (DiT-XL-like width).
+
+28 blocks of width 1152 on 4x8x8 spacetime patches of 256x256 clips (or of a
+video VAE's latents), bf16 compute, f32 parameters, fsdp-sharded.
+"""
+
+import ml_collections
+
+from idjax import sharding
+
+
+def get_config():
+  import importlib.util, os
+  spec = importlib.util.spec_from_file_location("tiny", os.path.join(os.path.dirname(__file__), "tiny.py"))
+  tiny = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(tiny)
+  config = tiny.get_config()
+
+  config.face_encoder_workdir = "runs/base/face"
+  config.eval_encoder_workdir = "runs/base/face_eval"
+  config.data.resolution = 128
+  config.data.num_frames = 16
+  config.data.max_characters = 4
+  config.data.reference_resolution = 64
+
+  config.model.patch_size = (2, 8, 8)
+  config.model.width = 1152
+  config.model.depth = 28
+  config.model.num_heads = 16
+  config.model.text_width = 768
+  config.model.text_layers = 4
+  config.model.num_identity_tokens = 32
+  config.model.identity_layers = 4
+  config.model.reference_mode = "joint"
+  config.model.remat_policy = "dots_saveable"
+  config.model.dtype = "bfloat16"
+  config.model.attention_impl = "cudnn"
+
+  config.train.steps = 200_000
+  config.train.batch_size = 256
+  config.train.lr = 1e-4
+  config.train.warmup_steps = 2000
+  config.train.ema_decay = 0.9999
+  config.train.checkpoint_every = 2000
+  config.train.keep_checkpoints = 3
+  config.train.sample_every = 5000
+
+  config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
+  config.sharding.rules = sharding.DEFAULT_RULES
+  return config

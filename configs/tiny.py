@@ -1,0 +1,98 @@
+"""The tiny video model: trains on a 2-core CPU in about ten minutes.
+
+  python train.py --config configs/tiny.py --workdir runs/demo/video
+
+Frames are the latents (pixels in [-1, 1]); 32x32 clips, one character.
+"""
+
+import ml_collections
+
+from idjax import sharding
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.kind = "video"
+  config.seed = 0
+  # Frozen encoders (made by configs/face_encoder.py and face_encoder_eval.py).
+  config.face_encoder_workdir = "runs/demo/face"
+  config.eval_encoder_workdir = "runs/demo/face_eval"
+
+  # --- data (owner: data) ---
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "on_the_fly"      # or "tfds" (prepared ArrayRecord files)
+  config.data.tfds_data_dir = ""
+  config.data.resolution = 32
+  config.data.num_frames = 8
+  config.data.max_characters = 1
+  config.data.min_characters = 1
+  config.data.num_references = 3
+  config.data.reference_resolution = 32
+  config.data.seed = 0
+  config.data.split = "train"
+  config.data.size = 1_000_000           # examples in the (virtual) training set
+  config.data.text_len = 24
+
+  # --- model (owner: model) ---
+  config.model = ml_collections.ConfigDict()
+  config.model.channels = 3
+  config.model.patch_size = (1, 4, 4)    # (frames, height, width)
+  config.model.width = 128
+  config.model.depth = 4
+  config.model.num_heads = 4
+  config.model.mlp_ratio = 4.0
+  config.model.text_width = 128
+  config.model.text_layers = 2
+  config.model.text_len = config.data.get_ref("text_len")
+  config.model.num_identity_tokens = 16
+  config.model.identity_layers = 2
+  config.model.reference_mode = "mean"   # "mean" (the article's) or "joint"
+  config.model.max_characters = config.data.get_ref("max_characters")
+  config.model.use_separator = True
+  config.model.identity_routing = "hard"  # "hard" (mask-routed), "soft", "none"
+  config.model.temporal_causal = False
+  config.model.attention_impl = "xla"    # "xla" or "cudnn"
+  config.model.scan_blocks = True
+  config.model.remat_policy = "none"     # "none", "full", "dots_saveable", ...
+  config.model.param_dtype = "float32"
+  config.model.dtype = "float32"         # compute dtype; bfloat16 on accelerators
+
+  # --- training (owner: train) ---
+  config.train = ml_collections.ConfigDict()
+  config.train.steps = 300
+  config.train.batch_size = 16
+  config.train.grad_accum = 1
+  config.train.lr = 1e-3
+  config.train.warmup_steps = 30
+  config.train.weight_decay = 0.01
+  config.train.grad_clip = 1.0
+  config.train.ema_decay = 0.99
+  config.train.t_logit_mean = 0.0
+  config.train.t_logit_std = 1.0
+  config.train.text_dropout = 0.1
+  config.train.identity_dropout = 0.1
+  config.train.lambda_id = 0.1
+  config.train.lambda_temporal = 0.5
+  config.train.id_loss_max_t = 0.5       # identity loss only where t <= this
+  config.train.id_loss_frames = 4        # random subset of frames per clip
+  config.train.log_every = 10
+  config.train.checkpoint_every = 100
+  config.train.keep_checkpoints = 2
+  config.train.sample_every = 0          # 0: only at the end
+  config.train.max_nonfinite_steps = 5
+
+  # --- sampling defaults (owner: sample) ---
+  config.sample = ml_collections.ConfigDict()
+  config.sample.sampler = "euler"
+  config.sample.steps = 25
+  config.sample.identity_strength = 0.8
+  config.sample.text_guidance = 1.0
+  config.sample.identity_guidance = 1.0
+  config.sample.num_frames = config.data.get_ref("num_frames")
+
+  # --- mesh and sharding (owner: lead) ---
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))
+  config.dcn_mesh = ml_collections.ConfigDict(dict(data=1, fsdp=1, tensor=1, sequence=1))
+  config.sharding = ml_collections.ConfigDict()
+  config.sharding.rules = sharding.DEFAULT_RULES
+  return config
