@@ -27,6 +27,7 @@ def get_config():
   config.model.width = 1152
   config.model.depth = 28
   config.model.num_heads = 16
+  config.model.mlp_ratio = 4.0
   config.model.text_width = 768
   config.model.text_layers = 4
   config.model.num_identity_tokens = 32

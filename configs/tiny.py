@@ -37,12 +37,15 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.channels = 3
   config.model.patch_size = (1, 4, 4)    # (frames, height, width)
-  config.model.width = 128
+  # Width 96 / MLP ratio 2: ~1.5M params, ~0.73 GFLOPs forward per 8x32x32
+  # clip, so the CPU demo trains in about ten minutes.
+  config.model.width = 96
   config.model.depth = 4
   config.model.num_heads = 4
-  config.model.mlp_ratio = 4.0
-  config.model.text_width = 128
+  config.model.mlp_ratio = 2.0
+  config.model.text_width = 96
   config.model.text_layers = 2
+  config.model.text_vocab_size = 64      # upper bound >= len(prompts.VOCABULARY), shards evenly
   config.model.text_len = config.data.get_ref("text_len")
   config.model.num_identity_tokens = 16
   config.model.identity_layers = 2
@@ -80,6 +83,11 @@ def get_config():
   config.train.keep_checkpoints = 2
   config.train.sample_every = 0          # 0: only at the end
   config.train.max_nonfinite_steps = 5
+  config.train.mask_dropout = 0.2        # all-ones face masks for this fraction
+  # Multi-process runs: a process whose peers stop answering exits with an
+  # error after this many seconds instead of hanging.
+  config.train.heartbeat_timeout_s = 100
+  config.train.init_timeout_s = 300
 
   # --- sampling defaults (owner: sample) ---
   config.sample = ml_collections.ConfigDict()
@@ -89,6 +97,10 @@ def get_config():
   config.sample.text_guidance = 1.0
   config.sample.identity_guidance = 1.0
   config.sample.num_frames = config.data.get_ref("num_frames")
+  config.sample.shift = 1.0              # timestep-grid shift; < 1 puts steps at low noise
+  # Examples per device per model call. Bit-identical frames on any mesh hold
+  # for equal values (see idjax/sampling/generator.py); raise on accelerators.
+  config.sample.per_device_batch = 1
 
   # --- mesh and sharding (owner: lead) ---
   config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, sequence=1))

@@ -1,0 +1,98 @@
+"""Sampling speed: seconds per denoising step and frames per second.
+
+  python bench/sample.py --workdir runs/demo/video [--batch 8] [--steps 25] [--out bench_sample.json]
+  python bench/sample.py --config configs/tiny.py ...   # randomly initialised model
+
+Times `Generator.generate` (first step separately: it includes compilation)
+and prints one JSON line, also written to --out.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from idjax import configlib  # noqa: E402
+
+
+def random_generator(config_path, face_config_path, overrides):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+  from idjax import models
+  from idjax.face.frozen import FrozenFaceEncoder, build_encoder
+  from idjax.sampling.generator import Generator
+  config = configlib.load_config_file(config_path)
+  configlib.parse_overrides(config, overrides)
+  fcfg = configlib.load_config_file(face_config_path)
+  encoder = build_encoder(fcfg)
+  size = int(fcfg.input_size)
+  fparams = jax.jit(lambda k: nn.unbox(encoder.init(k, jnp.zeros((1, size, size, 3))))["params"])(
+      jax.random.key(1))
+  fe = FrozenFaceEncoder(fcfg, fparams)
+  res = int(config.data.resolution)
+  args = models.dummy_inputs(
+      config.model, batch=1, frames=config.model.patch_size[0], height=res, width=res,
+      text_len=config.model.text_len, num_chars=config.model.max_characters,
+      num_refs=config.data.num_references, face_embed_dim=fe.embed_dim,
+      face_feature_dim=fe.feature_dim, face_cells=fe.feature_cells)
+  model = models.build_model(config.model)
+  params = jax.jit(lambda k: nn.unbox(model.init(k, *args))["params"])(jax.random.key(0))
+  return Generator(config, params, fe)
+
+
+@configlib.exit_on_usage_error
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", default=None)
+  p.add_argument("--config", default=None)
+  p.add_argument("--face-config", default="configs/face_encoder.py")
+  p.add_argument("--batch", type=int, default=8)
+  p.add_argument("--steps", type=int, default=25)
+  p.add_argument("--frames", type=int, default=None)
+  p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
+  p.add_argument("--identity-guidance", type=float, default=1.0)
+  p.add_argument("--out", default="bench_sample.json")
+  args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
+  if (args.workdir is None) == (args.config is None):
+    raise configlib.UsageError("Give exactly one of --workdir and --config.")
+  if args.batch < 1 or args.steps < 1:
+    raise configlib.UsageError("--batch and --steps must be >= 1.")
+  import jax
+  import numpy as np
+  from idjax.sampling.generator import Generator
+  if args.workdir:
+    try:
+      gen = Generator.from_workdir(args.workdir)
+    except (ValueError, FileNotFoundError) as e:
+      raise configlib.UsageError(str(e)) from None
+  else:
+    gen = random_generator(args.config, args.face_config, rest)
+  r = gen.reference_resolution
+  rng = np.random.default_rng(0)
+  refs = [[[rng.integers(0, 256, (r, r, 3), dtype=np.uint8)] * gen.num_references]
+          for _ in range(args.batch)]
+  kw = dict(num_frames=args.frames, steps=args.steps, sampler=args.sampler,
+            identity_guidance=args.identity_guidance, progress=False)
+  out = gen.generate(["a person"] * args.batch, refs, **kw)
+  t = out["timings"]
+  frames = out["frames"].shape[1]
+  steady = t["seconds_per_step_after_first"]
+  result = dict(
+      device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
+      batch=args.batch, frames=frames, resolution=int(out["frames"].shape[2]),
+      steps=args.steps, sampler=args.sampler, passes=t["model_passes_per_evaluation"],
+      per_device_batch=gen.per_device_batch, first_step_s=t["first_step_s"],
+      seconds_per_step=steady, total_s=t["sampling_s"],
+      clips_per_s=args.batch / (steady * args.steps) if steady > 0 else None,
+      frames_per_s=args.batch * frames / (steady * args.steps) if steady > 0 else None)
+  print(json.dumps(result))
+  with open(args.out + ".tmp", "w") as f:
+    json.dump(result, f, indent=2)
+  os.replace(args.out + ".tmp", args.out)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,177 @@
+"""Train-step performance: step time, samples/s, model FLOP/s against the
+machine's measured matmul FLOP/s (MFU), memory and compile time; then memory
+and step time as the number of frames grows, with and without remat.
+
+  python bench/train_step.py [--quick] [--config configs/tiny.py] [--out bench/results/train_step.json]
+
+Runs on whatever JAX finds (CPU, one GPU, a TPU host); the model's dtype and
+attention kernel come from the config (configs/base.py: bf16 + cuDNN). The
+face encoder is the real module with random weights (speed does not depend on
+training); batches are synthetic arrays of the pipeline's shapes.
+"""
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import flax.linen as nn  # noqa: E402
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import idjax  # noqa: E402,F401
+from idjax import configlib, sharding  # noqa: E402
+from idjax.face.encoder import encoder_from_config  # noqa: E402
+from idjax.face.frozen import FrozenFaceEncoder  # noqa: E402
+from idjax.models import build_model  # noqa: E402
+from idjax.train import trainer  # noqa: E402
+
+
+def matmul_flops_per_s(n: int, repeats: int = 3) -> float:
+  """Measured f32 matmul throughput: the machine's practical peak."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - t0)
+  return 2.0 * n ** 3 / min(times)
+
+
+def random_encoder(root):
+  fcfg = configlib.load_config_file(os.path.join(root, "configs", "face_encoder.py"))
+  module = encoder_from_config(fcfg)
+  size = fcfg.input_size
+  params = nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, size, size, 3))))["params"]
+  return FrozenFaceEncoder(fcfg, params)
+
+
+def synthetic_batch(config, batch_size):
+  d, rng = config.data, np.random.default_rng(0)
+  b, c, t, h, k, r = (batch_size, d.max_characters, d.num_frames, d.resolution,
+                      d.num_references, d.reference_resolution)
+  masks = np.zeros((b, c, t, h, h), np.uint8)
+  masks[..., h // 4: 3 * h // 4, h // 4: 3 * h // 4] = 1
+  return dict(
+      frames=rng.integers(0, 256, (b, t, h, h, 3), dtype=np.uint8),
+      boxes=np.tile(np.array([0.25, 0.25, 0.75, 0.75], np.float32), (b, c, t, 1)),
+      masks=masks, identity_ids=np.zeros((b, c), np.int32),
+      character_valid=np.ones((b, c), bool),
+      references=rng.integers(0, 256, (b, c, k, r, r, 3), dtype=np.uint8),
+      reference_valid=np.ones((b, c, k), bool),
+      text_tokens=rng.integers(1, 50, (b, d.text_len)).astype(np.int32),
+      index=np.arange(b, dtype=np.int32))
+
+
+def peak_rss_mib():
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def device_peak_mib():
+  stats = jax.devices()[0].memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2 ** 20
+
+
+def measure(config, encoder, steps: int) -> dict:
+  """Compiles and times the train step of `config` on all local devices."""
+  mesh = trainer.build_mesh(config)
+  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh)
+  state = setup.init()
+  rules = config.sharding.rules
+  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules))
+           for k, v in synthetic_batch(config, config.train.batch_size).items()}
+  enc = trainer.put_replicated(encoder.params, mesh)
+  with sharding.activation_sharding(mesh, rules):
+    t0 = time.perf_counter()
+    compiled = setup.jitted(batch).lower(state, batch, enc).compile()
+    compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  state, metrics = compiled(state, batch, enc)   # warm-up
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    state, metrics = compiled(state, batch, enc)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  flops = trainer.train_flops_per_step(config, encoder)
+  return dict(
+      batch=config.train.batch_size, frames=config.data.num_frames,
+      resolution=config.data.resolution, width=config.model.width, depth=config.model.depth,
+      remat=config.model.remat_policy, step_s=step_s,
+      samples_per_s=config.train.batch_size / step_s, compile_s=compile_s,
+      model_flops_per_step=flops, model_flops_per_s=flops / step_s,
+      compiled_temp_mib=None if mem is None else mem.temp_size_in_bytes / 2 ** 20,
+      compiled_total_mib=None if mem is None else (
+          mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20,
+      peak_rss_mib_so_far=peak_rss_mib(), device_peak_mib=device_peak_mib(),
+      loss=float(metrics["loss"]))
+
+
+def main(argv):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--config", default="configs/tiny.py")
+  p.add_argument("--out", default="bench/results/train_step.json")
+  p.add_argument("--quick", action="store_true", help="small batches, fewer steps")
+  p.add_argument("--frames", default="8,16,32,64")
+  p.add_argument("--sweep-only", action="store_true", help="skip the tiny/medium comparison")
+  args, rest = p.parse_known_args(argv)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  base = configlib.load_config_file(args.config)
+  configlib.parse_overrides(base, rest)
+  base.mesh = type(base.mesh)(dict(data=-1, fsdp=1, tensor=1, sequence=1)) \
+      if jax.device_count() == 1 else base.mesh
+  encoder = random_encoder(root)
+  steps = 2 if args.quick else 5
+  n = 1024 if args.quick and jax.default_backend() == "cpu" else 4096
+  peak = matmul_flops_per_s(n)
+  result = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
+                num_devices=jax.device_count(), matmul_flops_per_s=peak, matmul_n=n,
+                configs={}, frames_sweep=[])
+
+  def save():  # after every measurement, so a cut-short run leaves its numbers
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+      json.dump(result, f, indent=2)
+
+  def report(name, r):
+    r["mfu"] = r["model_flops_per_s"] / peak
+    save()
+    print(f"{name:>22}: step {r['step_s']*1e3:8.1f} ms  {r['samples_per_s']:7.2f} samples/s  "
+          f"{r['model_flops_per_s']/1e9:8.2f} GFLOP/s  MFU {r['mfu']:.3f}  compile "
+          f"{r['compile_s']:.1f} s  temp {r['compiled_temp_mib'] or 0:.0f} MiB  "
+          f"rss {r['peak_rss_mib_so_far']:.0f} MiB", flush=True)
+
+  print(f"matmul {n}x{n} f32: {peak/1e9:.1f} GFLOP/s on {result['device']}", flush=True)
+  medium = base.copy_and_resolve_references()
+  medium.model.width, medium.model.depth, medium.model.num_heads = 256, 6, 8
+  batch = 4 if args.quick else base.train.batch_size
+  for name, cfg in () if args.sweep_only else (("tiny", base), ("medium", medium)):
+    cfg = cfg.copy_and_resolve_references()
+    cfg.train.batch_size = batch
+    result["configs"][name] = r = measure(cfg, encoder, steps)
+    report(name, r)
+  for frames in [int(f) for f in args.frames.split(",")]:
+    for remat in ("none", "full"):
+      cfg = base.copy_and_resolve_references()
+      cfg.data.num_frames, cfg.model.remat_policy = frames, remat
+      cfg.train.batch_size = 2 if args.quick else 4
+      cfg.train.id_loss_frames = min(cfg.train.id_loss_frames, frames)
+      r = measure(cfg, encoder, 1 if args.quick else 3)
+      result["frames_sweep"].append(r)
+      report(f"frames={frames} remat={remat}", r)
+  save()
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main(sys.argv[1:])

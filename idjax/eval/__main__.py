@@ -1,0 +1,106 @@
+"""python -m idjax.eval --workdir DIR --num-identities N [--out table.json] [--seed S]
+
+Samples N held-out identities with and without references, scores them
+against a ceiling (real clips of the same identity) and a floor (real clips
+of other identities) under the evaluation encoder, prints the table and
+writes it as JSON. Optional: --strengths 0,0.4,0.8,1 adds an
+identity_strength sweep, --reference-counts 1,3 a 1-vs-K references ablation.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+from idjax import configlib
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise configlib.UsageError(message[:1].upper() + message[1:] + ".")
+
+
+def _floats(text, name):
+  try:
+    return [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise configlib.UsageError(f"--{name} must be comma-separated numbers, got {text!r}.") from None
+
+
+def parse_args(argv):
+  p = _Parser(prog="python -m idjax.eval", description=__doc__.splitlines()[0])
+  p.add_argument("--workdir", required=True, help="a trained video workdir")
+  p.add_argument("--num-identities", type=int, default=8)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval.json)")
+  p.add_argument("--frames", type=int, default=None)
+  p.add_argument("--steps", type=int, default=None)
+  p.add_argument("--sampler", choices=("euler", "heun"), default=None)
+  p.add_argument("--identity-strength", type=float, default=None)
+  p.add_argument("--strengths", default="", help="comma-separated identity_strength sweep")
+  p.add_argument("--reference-counts", default="", help="comma-separated reference counts")
+  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--no-progress", action="store_true")
+  args = p.parse_args(argv)
+  if args.num_identities < 1:
+    raise configlib.UsageError(f"--num-identities must be >= 1, got {args.num_identities}.")
+  if args.frames is not None and args.frames < 1:
+    raise configlib.UsageError(f"--frames must be >= 1, got {args.frames}.")
+  if args.steps is not None and args.steps < 1:
+    raise configlib.UsageError(f"--steps must be >= 1, got {args.steps}.")
+  args.strengths = _floats(args.strengths, "strengths")
+  args.reference_counts = [int(v) for v in _floats(args.reference_counts, "reference-counts")]
+  for s in args.strengths + ([args.identity_strength] if args.identity_strength is not None else []):
+    if not 0.0 <= s <= 1.0:
+      raise configlib.UsageError(f"identity strength {s} is outside [0, 1].")
+  return args
+
+
+def build_variants(args, num_references):
+  common = {}
+  if args.steps is not None:
+    common["steps"] = args.steps
+  if args.sampler is not None:
+    common["sampler"] = args.sampler
+  if args.identity_strength is not None:
+    common["identity_strength"] = args.identity_strength
+  variants = {"generated (refs+text)": dict(common),
+              "generated (text only)": dict(common, num_references=0)}
+  for s in args.strengths:
+    variants[f"refs+text, strength {s:g}"] = dict(common, identity_strength=s)
+  for k in args.reference_counts:
+    if not 1 <= k <= num_references:
+      raise configlib.UsageError(f"--reference-counts: {k} is outside 1..{num_references}.")
+    variants[f"refs+text, {k} reference(s)"] = dict(common, num_references=k)
+  return variants
+
+
+@configlib.exit_on_usage_error
+def main(argv=None):
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  out = args.out or os.path.join(args.workdir, "eval.json")
+  if os.path.exists(out) and not args.overwrite:
+    raise configlib.UsageError(f"{out} exists; pass --overwrite to replace it.")
+  # Heavy imports after the argument checks: usage errors come back at once.
+  from idjax.eval import benchmark
+  from idjax.face.frozen import FrozenFaceEncoder
+  from idjax.sampling.generator import Generator, resolve_path
+  from idjax.sampling.video_io import write_json
+  try:
+    generator = Generator.from_workdir(args.workdir)
+    eval_dir = resolve_path(generator.config.eval_encoder_workdir, args.workdir)
+    eval_encoder = FrozenFaceEncoder.from_workdir(eval_dir)
+  except (ValueError, FileNotFoundError) as e:
+    raise configlib.UsageError(str(e)) from None
+  variants = build_variants(args, generator.num_references)
+  result = benchmark.evaluate(generator, eval_encoder, args.num_identities, args.seed,
+                              variants, num_frames=args.frames, progress=not args.no_progress)
+  result["workdir"] = os.path.abspath(args.workdir)
+  result["eval_encoder_workdir"] = os.path.abspath(eval_dir)
+  print(benchmark.format_table(result))
+  write_json(out, json.dumps(result, indent=2, sort_keys=False))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  main()

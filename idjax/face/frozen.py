@@ -1,0 +1,143 @@
+"""A trained face encoder, loaded for frozen use by other parts of idjax.
+
+A face-encoder workdir holds `config.json` (the face-encoder config) and
+`params/` (an orbax checkpoint of the encoder's params, no optimizer state).
+Both encoder families load through here: the project's ResNet
+(`config.architecture == "resnet"`) and converted public IResNet weights
+(`"iresnet"`).
+"""
+
+import json
+import os
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from idjax.face.crop import crop_and_resize
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+
+
+def build_encoder(config):
+  """The Flax module a face-encoder config describes."""
+  architecture = config.get("architecture", "resnet")
+  if architecture == "resnet":
+    from idjax.face.encoder import encoder_from_config
+    return encoder_from_config(config)
+  if architecture == "iresnet":
+    from idjax.face.iresnet import IResNet, WIDTHS
+    return IResNet(depth=config.depth, embed_dim=config.embed_dim,
+                   widths=tuple(config.get("widths", WIDTHS)))
+  raise ValueError(f"Unknown face-encoder architecture {architecture!r}; "
+                   "expected 'resnet' or 'iresnet'.")
+
+
+def save_face_encoder(workdir, config, params):
+  """Writes `config.json` and the params checkpoint into `workdir`."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json(indent=2))
+  params = jax.tree.map(np.asarray, params)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(workdir, PARAMS_DIR), params, force=True)
+  checkpointer.wait_until_finished()
+
+
+class FrozenFaceEncoder:
+  """Config + params + pure apply of a trained face encoder.
+
+  Attributes:
+    config: the face-encoder ConfigDict it was trained (or converted) with.
+    params: the encoder's params pytree.
+    input_size: S, side of the square crops `apply` takes.
+    embed_dim: D.
+    feature_dim: F, channels of the feature map.
+    feature_cells: h * w, cells of the feature map.
+  """
+
+  def __init__(self, config, params):
+    self.config = config
+    self.params = params
+    self.module = build_encoder(config)
+    self.input_size = int(config.input_size)
+    probe = jax.ShapeDtypeStruct((1, self.input_size, self.input_size, 3),
+                                 jnp.float32)
+    emb, fmap = jax.eval_shape(self.apply, params, probe)
+    self.embed_dim = int(emb.shape[-1])
+    self.feature_cells, self.feature_dim = map(int, fmap.shape[1:])
+    self._embed_batch = jax.jit(self._embed_images)
+
+  @classmethod
+  def from_workdir(cls, workdir) -> "FrozenFaceEncoder":
+    """Loads a workdir written by `save_face_encoder`; ValueError if none."""
+    workdir = os.path.abspath(os.fspath(workdir))
+    config_path = os.path.join(workdir, CONFIG_FILE)
+    params_path = os.path.join(workdir, PARAMS_DIR)
+    if not (os.path.isfile(config_path) and os.path.isdir(params_path)):
+      raise ValueError(f"{workdir} holds no face encoder (expected "
+                       f"{CONFIG_FILE} and {PARAMS_DIR}/; train one with a "
+                       "face_encoder config first).")
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    if config.get("kind") != "face_encoder":
+      raise ValueError(f"{config_path} is not a face-encoder config "
+                       f"(kind={config.get('kind')!r}).")
+    module = build_encoder(config)
+    size = int(config.input_size)
+    abstract = jax.eval_shape(
+        module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+        nn.unbox(abstract)["params"])
+    params = ocp.StandardCheckpointer().restore(params_path, abstract)
+    return cls(config, params)
+
+  def apply(self, params, crops):
+    """Pure and jit-able.
+
+    Args:
+      params: encoder params (`self.params`, or a traced copy of them).
+      crops: float [N, S, S, 3] in [-1, 1].
+
+    Returns:
+      emb float32 [N, D] unit norm, fmap float32 [N, h * w, F].
+    """
+    emb, fmap = self.module.apply({"params": params}, crops)
+    return emb, einops.rearrange(fmap, "n h w f -> n (h w) f")
+
+  def _embed_images(self, params, images):
+    full = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0, 1.0]),
+                            images.shape[:1] + (4,))
+    crops = crop_and_resize(images, full, self.input_size) / 127.5 - 1.0
+    return self.apply(params, crops)[0]
+
+  def embed_uint8(self, images, batch_size: int = 512) -> np.ndarray:
+    """uint8 [N, h, w, 3] images of any size -> float32 [N, D] embeddings.
+
+    Each whole image is resized (antialiased) to the encoder's input size.
+    Batches are padded to a power of two (at most `batch_size`), so a few
+    compilations per image size serve every call.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError("embed_uint8 expects images of shape [N, H, W, 3], "
+                       f"got {images.shape}.")
+    batch_size = min(batch_size, 1 << max(len(images) - 1, 0).bit_length())
+    out = []
+    for start in range(0, len(images), batch_size):
+      chunk = images[start:start + batch_size]
+      padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
+      padded[:len(chunk)] = chunk
+      emb = self._embed_batch(self.params, jnp.asarray(padded))
+      out.append(np.asarray(emb[:len(chunk)]))
+    if not out:
+      return np.zeros((0, self.embed_dim), np.float32)
+    return np.concatenate(out).astype(np.float32)
+

@@ -1,0 +1,159 @@
+"""Training losses: the rectified-flow denoising loss and the identity loss.
+
+The identity-preservation loss is BRIEF 1.4:
+
+    L_id = mean_t || f(x_t) - mean_r f(ref_r) ||^2
+           + lambda_temporal * mean_t || f(x_t) - f(x_{t+1}) ||^2
+
+with f the frozen face encoder applied to face crops of the model's clean
+estimate x0_hat. Both terms are *averaged* (over frames, resp. adjacent frame
+pairs), as the article's code does, so lambda_temporal does not silently grow
+with clip length.
+"""
+
+import einops
+import jax
+import jax.numpy as jnp
+
+from idjax.face.crop import crop_and_resize
+
+
+def denoising_loss(velocity_pred, velocity_target):
+  """Per-example mean squared velocity error: [B, ...] x2 -> float32 [B]."""
+  err = jnp.square(velocity_pred.astype(jnp.float32) - velocity_target)
+  return jnp.mean(err, axis=tuple(range(1, err.ndim)))
+
+
+def _masked_mean(values, mask, axis):
+  """Mean of `values` over `axis` where `mask`; (mean, has_any) with mean 0 if empty."""
+  count = jnp.sum(mask, axis=axis)
+  total = jnp.sum(jnp.where(mask, values, 0.0), axis=axis)
+  return total / jnp.maximum(count, 1), count > 0
+
+
+def identity_preservation_terms(frame_embeddings, reference_embeddings, mask=None,
+                                reference_mask=None):
+  """Per-example reference and temporal terms of the identity loss.
+
+  Args:
+    frame_embeddings: float [B, T, D], f of each (generated) frame's face.
+    reference_embeddings: float [B, R, D], f of each reference image.
+    mask: bool [B, T] valid frames (None = all).
+    reference_mask: bool [B, R] valid references (None = all).
+
+  Returns:
+    dict of float32 [B]: `reference` = mean over valid frames of
+    ||f_t - mean_valid_r f_r||^2; `temporal` = mean over adjacent pairs with
+    both frames valid of ||f_t - f_{t+1}||^2; `reference_defined` /
+    `temporal_defined` (bool [B]) say whether the example has anything to
+    average (a valid frame and a valid reference / a valid adjacent pair);
+    undefined terms are 0.
+  """
+  frames = frame_embeddings.astype(jnp.float32)
+  refs = reference_embeddings.astype(jnp.float32)
+  b, t = frames.shape[:2]
+  mask = jnp.ones((b, t), bool) if mask is None else mask.astype(bool)
+  reference_mask = (jnp.ones(refs.shape[:2], bool) if reference_mask is None
+                    else reference_mask.astype(bool))
+  anchor, has_ref = _masked_mean(refs, reference_mask[..., None], axis=1)  # [B, D]
+  has_ref = has_ref[:, 0]
+  ref_dist = jnp.sum(jnp.square(frames - anchor[:, None]), axis=-1)       # [B, T]
+  reference, has_frame = _masked_mean(ref_dist, mask, axis=1)
+  pair_dist = jnp.sum(jnp.square(frames[:, 1:] - frames[:, :-1]), axis=-1)  # [B, T-1]
+  temporal, has_pair = _masked_mean(pair_dist, mask[:, 1:] & mask[:, :-1], axis=1)
+  reference_defined = has_frame & has_ref
+  return dict(reference=jnp.where(reference_defined, reference, 0.0),
+              temporal=temporal,
+              reference_defined=reference_defined,
+              temporal_defined=has_pair)
+
+
+def _weighted_mean(values, weights):
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1e-6)
+
+
+def identity_preservation_loss(frame_embeddings, reference_embeddings, lambda_temporal,
+                               mask=None, *, reference_mask=None, sample_weight=None,
+                               return_terms=False):
+  """L_id of BRIEF 1.4 as a scalar (see module docstring for the formula).
+
+  Args:
+    frame_embeddings: float [B, T, D].
+    reference_embeddings: float [B, R, D].
+    lambda_temporal: weight of the adjacent-frame term.
+    mask: bool [B, T] valid frames; a masked frame enters neither term (and
+      breaks the pairs it belongs to).
+    reference_mask: bool [B, R] valid references (the anchor is their mean).
+    sample_weight: float [B] (e.g. 0 for high-noise examples or absent
+      characters); None = 1.
+
+  Each term is averaged over frames (pairs) within an example, then over the
+  examples where it is defined, weighted by `sample_weight`; an example with
+  no valid frame or no valid reference adds nothing (and does not dilute the
+  mean). If nothing is defined the loss is 0.
+
+  Returns:
+    float32 scalar, or (scalar, dict(reference=, temporal=)) with
+    `return_terms=True`.
+  """
+  terms = identity_preservation_terms(frame_embeddings, reference_embeddings, mask,
+                                      reference_mask)
+  weight = (jnp.ones(frame_embeddings.shape[:1], jnp.float32) if sample_weight is None
+            else sample_weight.astype(jnp.float32))
+  reference = _weighted_mean(terms["reference"], weight * terms["reference_defined"])
+  temporal = _weighted_mean(terms["temporal"], weight * terms["temporal_defined"])
+  loss = reference + lambda_temporal * temporal
+  if return_terms:
+    return loss, dict(reference=reference, temporal=temporal)
+  return loss
+
+
+def frame_window(x, start, length: int, axis: int):
+  """Per-example window x[b, ..., start[b] : start[b] + length, ...] along `axis`
+  (counted without the batch axis); static length keeps shapes static."""
+  return jax.vmap(lambda xb, s: jax.lax.dynamic_slice_in_dim(xb, s, length, axis))(x, start)
+
+
+def face_embeddings(clip, boxes, encode, size: int):
+  """Embeds every character's face crop in every frame of a clip.
+
+  Args:
+    clip: float [B, F, H, W, 3] in [-1, 1] (differentiable).
+    boxes: float [B, C, F, 4] per-frame face boxes.
+    encode: crops float [N, S, S, 3] -> embeddings [N, D] (the frozen encoder).
+    size: S.
+
+  Returns:
+    float32 [B, C, F, D].
+  """
+  b, c = boxes.shape[:2]
+  crops = crop_and_resize(clip[:, None], boxes, size)                   # [B, C, F, S, S, 3]
+  emb = encode(einops.rearrange(crops, "b c f h w x -> (b c f) h w x"))
+  return einops.rearrange(emb, "(b c f) d -> b c f d", b=b, c=c)
+
+
+def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, weight,
+                              encode, size: int, num_frames: int, lambda_temporal):
+  """The identity loss of a batch, per character, on a window of frames.
+
+  Args:
+    x0_hat: float [B, T, H, W, 3] clean estimate (gradients flow through it).
+    boxes: float [B, C, T, 4].
+    start: int [B] first frame of each example's window of `num_frames`
+      consecutive frames (consecutive so the temporal term compares neighbours).
+    ref_embeddings: float [B, C, K, D]; ref_valid bool [B, C, K].
+    weight: float [B, C]: 0 for absent or identity-dropped characters and
+      for examples whose t is above the low-noise threshold.
+    encode, size: the frozen encoder and its input side.
+
+  Returns:
+    (loss scalar, dict(reference=, temporal=)); characters are pooled into the
+    example axis, so every present character counts once.
+  """
+  clip = frame_window(x0_hat, start, num_frames, axis=0)        # [B, F, H, W, 3]
+  window_boxes = frame_window(boxes, start, num_frames, axis=1)  # [B, C, F, 4]
+  emb = face_embeddings(clip, window_boxes, encode, size)       # [B, C, F, D]
+  flat = lambda a: einops.rearrange(a, "b c ... -> (b c) ...")
+  return identity_preservation_loss(
+      flat(emb), flat(ref_embeddings), lambda_temporal,
+      reference_mask=flat(ref_valid), sample_weight=flat(weight), return_terms=True)

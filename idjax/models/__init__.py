@@ -1,0 +1,8 @@
+"""The identity-preserving video diffusion model (see docs/architecture.md, "Model")."""
+
+from idjax.models.dit import VideoDiT, build_model, count_params, dummy_inputs
+from idjax.models.flops import forward_flops
+from idjax.models.identity import IdentityInputs
+
+__all__ = ["IdentityInputs", "VideoDiT", "build_model", "count_params", "dummy_inputs",
+           "forward_flops"]

@@ -1,0 +1,142 @@
+"""Multi-head attention on `jax.nn.dot_product_attention`, with safe masking.
+
+Everything that attends in idjax (spatial, temporal, text, identity, the
+identity resampler, the text encoder) goes through `Attention`, so the
+implementation switch (`xla` / `cudnn`) and the fully-masked-row rule live in
+one place.
+"""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from idjax.models import rope
+
+
+
+def resolve_implementation(name: str):
+  """config.model.attention_impl -> the `implementation` argument.
+
+  "cudnn" only exists on GPUs; elsewhere (CPU tests, TPU pods, eval_shape of
+  the base config on a laptop) it falls back to XLA so a config runs anywhere.
+  """
+  if name not in ("xla", "cudnn"):
+    raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {name!r}.")
+  if name == "cudnn" and jax.default_backend() != "gpu":
+    return "xla"
+  return name
+
+
+def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation="xla"):
+  """softmax(q k^T / sqrt(H)) v, zero where a query row has no allowed key.
+
+  Args:
+    q: [B, Lq, N, H]; k, v: [B, Lk, N, H].
+    mask: bool, broadcastable to [B, N, Lq, Lk]; True = may attend.
+    is_causal: query i sees keys j <= i (Lq == Lk).
+  Returns:
+    [B, Lq, N, H]. A query whose keys are all masked gets exactly zero (the
+    softmax alone would give NaN or a uniform average of masked values); this
+    is what makes "no text", "no identity" and "outside every face" null
+    updates.
+  """
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
+  out = jax.nn.dot_product_attention(
+      q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
+  if mask is not None:
+    any_key = jnp.any(mask, axis=-1)                       # [B, N, Lq]
+    any_key = jnp.transpose(any_key, (0, 2, 1))[..., None]  # [B, Lq, N, 1]
+    out = jnp.where(any_key, out, jnp.zeros_like(out))
+  return out
+
+
+class HeadProjection(nn.Module):
+  """Contracts the last `contract` axes of x with a kernel [*x.shape[-contract:], *features].
+
+  Used for [.., D] -> [.., N, H] (q, k, v) and [.., N, H] -> [.., D] (out).
+  A hand-rolled DenseGeneral: Flax's reshapes a boxed kernel, which breaks
+  logical sharding constraints on multi-axis kernels inside a mesh context.
+  """
+  features: tuple[int, ...]
+  contract: int
+  names: tuple[str | None, ...]
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  zero_init: bool = False
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    n_in = self.contract
+    shape = tuple(x.shape[-n_in:]) + tuple(self.features)
+    init = nn.initializers.zeros_init() if self.zero_init else nn.initializers.lecun_normal(
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, len(shape))))
+    kernel = self.param("kernel", nn.with_logical_partitioning(init, self.names), shape,
+                        self.param_dtype)
+    y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+    if self.use_bias:
+      bias = self.param("bias", nn.with_logical_partitioning(
+          nn.initializers.zeros_init(), self.names[n_in:]), tuple(self.features), self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Attention(nn.Module):
+  """Multi-head (self- or cross-) attention with optional RoPE on q and k.
+
+  Attributes:
+    num_heads: N; head size is width // N.
+    zero_init_out: output projection starts at zero, so a residual branch
+      built on it starts as the identity map.
+  """
+  num_heads: int
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  implementation: str = "xla"
+  zero_init_out: bool = False
+
+  @nn.compact
+  def __call__(self, x, context=None, mask=None, *, q_angles=None, k_angles=None,
+               is_causal=False, group_weights=None):
+    """x [B, Lq, D] attends to context [B, Lk, Dc] (default: x) -> [B, Lq, D].
+
+    mask: bool broadcastable to [B, N, Lq, Lk]. q_angles / k_angles: RoPE
+    tables [Lq, R/2] / [Lk, R/2] (see rope.rope_angles).
+
+    Grouped form (soft identity routing): context [B, G, Lk, Dc], mask
+    broadcastable to [B, G, N, Lq, Lk], group_weights [B, Lq, G]. Each group
+    gets its own softmax; the per-group outputs are summed with the weights
+    (before the output projection, which is linear, so this is the same as
+    summing projected outputs).
+    """
+    context = x if context is None else context
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f"width {width} is not divisible by num_heads {self.num_heads}.")
+    head_dim = width // self.num_heads
+    proj = lambda name: HeadProjection(
+        (self.num_heads, head_dim), 1, ("embed", "heads", "head_dim"), self.dtype,
+        self.param_dtype, name=name)
+    q = proj("query")(x)
+    k = proj("key")(context)
+    v = proj("value")(context)
+    if q_angles is not None:
+      q = rope.apply_rope(q, q_angles)
+    if k_angles is not None:
+      k = rope.apply_rope(k, k_angles)
+    attend = lambda k, v, m: dot_product_attention(
+        q, k, v, m, is_causal=is_causal, implementation=self.implementation)
+    if group_weights is None:
+      out = attend(k, v, mask)
+    else:
+      mask = jnp.broadcast_to(mask, (q.shape[0], k.shape[1], self.num_heads, q.shape[1], k.shape[2]))
+      per_group = jax.vmap(attend, in_axes=(1, 1, 1), out_axes=3)(k, v, mask)  # [B,Lq,N,G,H]
+      out = jnp.einsum("bqngh,bqg->bqnh", per_group, group_weights.astype(per_group.dtype))
+    # No output bias: a query with nothing to attend to must stay exactly zero
+    # after the projection (no text, no valid character, outside every face).
+    return HeadProjection((width,), 2, ("heads", "head_dim", "embed"), self.dtype,
+                          self.param_dtype, zero_init=self.zero_init_out, use_bias=False,
+                          name="out")(out)

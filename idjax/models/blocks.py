@@ -1,0 +1,207 @@
+"""The triple-attention transformer block of the video DiT.
+
+One block, on video tokens x [B, T, P, D] (T frames of P = h*w patches):
+
+  1. spatial self-attention inside each frame      (adaLN-Zero, 2-axis RoPE)
+  2. temporal self-attention at each location      (adaLN-Zero, 1-axis RoPE)
+  3. text cross-attention                          (pre-LN, zero-init output)
+  4. identity cross-attention, routed by face masks (pre-LN, zero-init output,
+     scaled by identity_strength)
+  5. MLP with GELU                                 (adaLN-Zero)
+
+The adaLN modulation is zero-initialised, so every gate starts at 0 and the
+block starts as the identity map (DiT's adaLN-Zero).
+"""
+
+from typing import Any
+
+import einops
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from idjax.models import attention
+from idjax.models import rope
+
+
+
+def dtypes(config) -> tuple[Any, Any]:
+  """(compute dtype, param dtype) from the config's strings."""
+  return jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
+
+
+def layer_norm(name, *, affine=True, dtype=jnp.float32, param_dtype=jnp.float32):
+  """LayerNorm with logically named params; `affine=False` for adaLN."""
+  return nn.LayerNorm(
+      epsilon=1e-6, use_scale=affine, use_bias=affine, dtype=dtype, param_dtype=param_dtype,
+      scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
+      name=name)
+
+
+def dense(features, names, *, dtype, param_dtype, zero_init=False, name=None):
+  kernel_init = nn.initializers.zeros_init() if zero_init else nn.initializers.lecun_normal()
+  return nn.Dense(
+      features, dtype=dtype, param_dtype=param_dtype, name=name,
+      kernel_init=nn.with_logical_partitioning(kernel_init, names),
+      bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), names[-1:]))
+
+
+class Mlp(nn.Module):
+  """x [..., D] -> GELU MLP with hidden width mlp_ratio * D -> [..., D]."""
+  mlp_ratio: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    h = dense(int(width * self.mlp_ratio), ("embed", "mlp"), name="fc1", **kw)(x)
+    h = nn.gelu(h)
+    return dense(width, ("mlp", "embed"), name="fc2", **kw)(h)
+
+
+def modulate(x, shift, scale):
+  """adaLN: x [B, ..., D] with per-sample shift, scale [B, D]."""
+  expand = (slice(None),) + (None,) * (x.ndim - 2)
+  return x * (1 + scale[expand]) + shift[expand]
+
+
+class SpatialAttention(nn.Module):
+  """x [B,T,P,D] -> x + gate * attention within each frame (2-axis RoPE on (h, w)).
+
+  Frames never mix: with frames sharded this layer needs no communication.
+  shift, scale, gate: [B, D] adaLN-Zero modulation.
+  """
+  config: ml_collections.ConfigDict
+  grid: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x, shift, scale, gate):
+    cfg = self.config
+    dtype, param_dtype = dtypes(cfg)
+    b = x.shape[0]
+    x = nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
+    h = modulate(layer_norm("norm", affine=False, dtype=dtype, param_dtype=param_dtype)(x),
+                 shift, scale)
+    h = einops.rearrange(h, "b t p d -> (b t) p d")
+    angles = rope.rope_angles(rope.grid_positions(*self.grid), x.shape[-1] // cfg.num_heads)
+    h = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
+                            implementation=attention.resolve_implementation(cfg.attention_impl),
+                            name="attn")(h, q_angles=angles, k_angles=angles)
+    return x + gate[:, None, None, :] * einops.rearrange(h, "(b t) p d -> b t p d", b=b)
+
+
+class TemporalAttention(nn.Module):
+  """x [B,T,P,D] -> x + gate * attention across frames at each location (RoPE on t).
+
+  Locations never mix. The input is constrained to (batch, temporal_frames,
+  temporal_patches, embed): the one resharding, moving `sequence` from frames
+  to patches. With config.temporal_causal, frame t sees only frames <= t.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, shift, scale, gate):
+    cfg = self.config
+    dtype, param_dtype = dtypes(cfg)
+    b, t = x.shape[:2]
+    x = nn.with_logical_constraint(x, ("batch", "temporal_frames", "temporal_patches", "embed"))
+    h = modulate(layer_norm("norm", affine=False, dtype=dtype, param_dtype=param_dtype)(x),
+                 shift, scale)
+    h = einops.rearrange(h, "b t p d -> (b p) t d")
+    angles = rope.rope_angles(rope.grid_positions(t), x.shape[-1] // cfg.num_heads)
+    h = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
+                            implementation=attention.resolve_implementation(cfg.attention_impl),
+                            name="attn")(h, q_angles=angles, k_angles=angles,
+                                         is_causal=cfg.temporal_causal)
+    x = x + gate[:, None, None, :] * einops.rearrange(h, "(b p) t d -> b t p d", b=b)
+    return nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
+
+
+class IdentityAttention(nn.Module):
+  """The identity update [B,T,P,D] (to be ADDED to x), routed by face masks.
+
+  ident is one of (see DiTBlock):
+    {"bank", "bank_mask"}: one softmax over all valid characters' tokens.
+    {"tokens", "allowed"}: hard routing; a token attends to the union of the
+        characters whose coverage >= 0.5 there; no such character -> zero.
+    {"tokens", "weights", "valid"}: soft routing; one softmax per character,
+        outputs summed with weights = coverage (0 for invalid characters).
+  The update is multiplied by strength [B], so strength 0 adds exactly 0.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, ident, strength):
+    cfg = self.config
+    dtype, param_dtype = dtypes(cfg)
+    t = x.shape[1]
+    h = einops.rearrange(layer_norm("norm", dtype=dtype, param_dtype=param_dtype)(x),
+                         "b t p d -> b (t p) d")
+    layer = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
+                                implementation=attention.resolve_implementation(cfg.attention_impl),
+                                zero_init_out=True, name="attn")
+    if "bank" in ident:
+      h = layer(h, ident["bank"], ident["bank_mask"][:, None, None, :])
+    elif "allowed" in ident:
+      tokens = ident["tokens"]
+      allowed = einops.repeat(ident["allowed"], "b t p c -> b (t p) (c q)", q=tokens.shape[2])
+      h = layer(h, einops.rearrange(tokens, "b c q d -> b (c q) d"), allowed[:, None])
+    else:
+      weights = einops.rearrange(ident["weights"], "b t p c -> b (t p) c")
+      h = layer(h, ident["tokens"], ident["valid"][:, :, None, None, None], group_weights=weights)
+    h = h * strength.astype(h.dtype)[:, None, None]
+    return einops.rearrange(h, "b (t p) d -> b t p d", t=t)
+
+
+class DiTBlock(nn.Module):
+  """Triple-attention block. `grid` = (h, w) patches per frame (static).
+
+  Call: (x, cond, text, text_mask, ident, strength) -> (x, None); the pair
+  return is what `nn.scan` wants.
+    x         [B, T, P, D] video tokens, P = h * w
+    cond      [B, D] timestep embedding
+    text      [B, L, Dt] text embeddings; text_mask bool [B, L] (all False =
+              no text: the text update is exactly zero)
+    ident     None (no identity path at all) or a dict of arrays, one of:
+                {"bank" [B, S, D], "bank_mask" bool [B, S]}   one softmax over
+                    all valid characters (unrouted / routing "none")
+                {"tokens" [B, C, Q, D], "allowed" bool [B, T, P, C]}   hard
+                {"tokens" [B, C, Q, D], "weights" [B, T, P, C], "valid" bool
+                    [B, C]}   soft
+    strength  [B] identity_strength (ignored when ident is None)
+  """
+  config: ml_collections.ConfigDict
+  grid: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x, cond, text, text_mask, ident, strength):
+    cfg = self.config
+    dtype, param_dtype = dtypes(cfg)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    t = x.shape[1]
+    mod = dense(9 * x.shape[-1], ("embed", None), zero_init=True, name="adaln", **kw)(
+        nn.silu(cond))
+    (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = jnp.split(mod, 9, axis=-1)
+
+    x = SpatialAttention(cfg, self.grid, name="spatial")(x, sh_s, sc_s, g_s)
+    x = TemporalAttention(cfg, name="temporal")(x, sh_t, sc_t, g_t)
+
+    # Text cross-attention (pre-LN, zero-init output).
+    h = einops.rearrange(layer_norm("norm_text", **kw)(x), "b t p d -> b (t p) d")
+    h = attention.Attention(cfg.num_heads, implementation=attention.resolve_implementation(
+        cfg.attention_impl), zero_init_out=True, name="text", **kw)(
+            h, text, text_mask[:, None, None, :])
+    x = x + einops.rearrange(h, "b (t p) d -> b t p d", t=t)
+
+    # With ident None the identity branch does not exist; with strength 0 it
+    # adds exactly 0.0, so the output is bitwise the same.
+    if ident is not None:
+      x = x + IdentityAttention(cfg, name="identity")(x, ident, strength)
+
+    h = modulate(layer_norm("norm_mlp", affine=False, **kw)(x), sh_m, sc_m)
+    x = x + g_m[:, None, None, :] * Mlp(cfg.mlp_ratio, name="mlp", **kw)(h)
+    x = nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
+    return x, None

@@ -1,0 +1,199 @@
+"""VideoDiT: a diffusion transformer on spacetime patches, with identity tokens.
+
+  x [B,T,H,W,C] -> patchify (p_t, p_h, p_w) -> linear embed -> depth x
+  DiTBlock (scanned, rematerialised) -> final adaLN -> zero-init linear ->
+  unpatchify -> velocity [B,T,H,W,C] (float32).
+
+No learned absolute positions: RoPE inside the attentions takes positions from
+the input's shape, so a model trained on short, small clips runs on longer,
+larger ones.
+"""
+
+import math
+
+import einops
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from idjax.models import blocks
+from idjax.models import identity as identity_lib
+from idjax.models import text as text_lib
+
+
+REMAT_POLICIES = {
+    "full": None,  # jax.checkpoint's default: save nothing, recompute all.
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "checkpoint_dots": jax.checkpoint_policies.checkpoint_dots,
+    "checkpoint_dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "everything_saveable": jax.checkpoint_policies.everything_saveable,
+    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
+  """Sinusoidal embedding of t [B] in [0, 1], scaled to 0..1000 -> [B, dim]."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def block_class(config):
+  """DiTBlock wrapped in nn.remat per config.remat_policy ("none" = no remat)."""
+  name = config.remat_policy
+  if name == "none":
+    return blocks.DiTBlock
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy must be 'none' or one of {sorted(REMAT_POLICIES)}, "
+                     f"got {name!r}.")
+  # prevent_cse only matters outside scan (scan already blocks CSE).
+  return nn.remat(blocks.DiTBlock, policy=REMAT_POLICIES[name],
+                  prevent_cse=not config.scan_blocks)
+
+
+def pool_masks(face_masks, patch_size):
+  """Face masks [B, C, T, H, W] (pixels) -> coverage [B, T', P, C] in [0, 1]."""
+  pt, ph, pw = patch_size
+  return einops.reduce(face_masks.astype(jnp.float32),
+                       "b c (t pt) (h ph) (w pw) -> b t (h w) c", "mean", pt=pt, ph=ph, pw=pw)
+
+
+def route_by_masks(face_masks, tokens, valid, routing, patch_size):
+  """The routed identity context (see blocks.IdentityAttention).
+
+  "hard": a patch may attend to a character whose face covers >= half of it.
+  "soft": every valid character, weighted by its coverage of the patch.
+  """
+  coverage = pool_masks(face_masks, patch_size)                        # [B,T,P,C]
+  if routing == "hard":
+    return {"tokens": tokens, "allowed": (coverage >= 0.5) & valid[:, None, None, :]}
+  weights = coverage * valid[:, None, None, :].astype(coverage.dtype)
+  return {"tokens": tokens, "weights": weights, "valid": valid}
+
+
+class VideoDiT(nn.Module):
+  """The video velocity model (see module docstring). `config` = config.model."""
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x, t, text_tokens, identity=None, identity_strength=None, *,
+               deterministic=True, text_embeddings=None):
+    """Velocity for noisy clip x at noise level t.
+
+    Args:
+      x: float [B, T, H, W, C]; T, H, W divisible by the patch size.
+      t: [B] in [0, 1], 1 = pure noise.
+      text_tokens: int32 [B, L], 0 = pad; an all-zero row = no text. May be
+        None when `text_embeddings` is given (then every position is valid).
+      identity: IdentityInputs or None (no identity path).
+      identity_strength: [B] in [0, 1] scaling the identity update (None = 1).
+      deterministic: the model has no dropout; accepted for a uniform
+        train/eval call signature.
+      text_embeddings: optional precomputed [B, L, text_width]; replaces the
+        text encoder (the mask still comes from text_tokens when given).
+    Returns:
+      float32 [B, T, H, W, C].
+    """
+    del deterministic
+    cfg = self.config
+    dtype, param_dtype = blocks.dtypes(cfg)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    pt, ph, pw = cfg.patch_size
+    b, frames, height, width, channels = x.shape
+    if frames % pt or height % ph or width % pw:
+      raise ValueError(f"Clip {frames}x{height}x{width} is not divisible by the patch size "
+                       f"{tuple(cfg.patch_size)}.")
+    grid = (height // ph, width // pw)
+
+    # Patchify and embed.
+    tokens = einops.rearrange(x.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
+                              pt=pt, ph=ph, pw=pw)
+    h = blocks.dense(cfg.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
+    h = nn.with_logical_constraint(h, ("batch", "frames", "patches", "embed"))
+
+    # Timestep conditioning.
+    cond = timestep_embedding(t, 256).astype(dtype)
+    cond = blocks.dense(cfg.width, (None, "embed"), name="time_fc1", **kw)(cond)
+    cond = blocks.dense(cfg.width, ("mlp", "embed"), name="time_fc2", **kw)(nn.silu(cond))
+
+    # Text.
+    if text_embeddings is None:
+      text, text_mask = text_lib.TextEncoder(cfg, name="text")(text_tokens)
+    else:
+      text = text_embeddings.astype(dtype)
+      text_mask = (text_tokens != 0 if text_tokens is not None
+                   else jnp.ones(text.shape[:2], bool))
+
+    # Identity.
+    ident, strength = None, None
+    if identity is not None:
+      id_tokens, valid = identity_lib.IdentityEncoder(cfg, name="identity")(identity)
+      strength = (jnp.ones((b,), dtype) if identity_strength is None
+                  else jnp.asarray(identity_strength, dtype).reshape(b))
+      ident = self._route(identity, id_tokens, valid, kw)
+
+    # Blocks.
+    block_cls = block_class(cfg)
+    if cfg.scan_blocks:
+      stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+                      in_axes=(nn.broadcast,) * 5, length=cfg.depth,
+                      metadata_params={nn.PARTITION_NAME: "layers"})
+      h, _ = stack(cfg, grid, name="blocks")(h, cond, text, text_mask, ident, strength)
+    else:
+      for i in range(cfg.depth):
+        h, _ = block_cls(cfg, grid, name=f"block_{i}")(h, cond, text, text_mask, ident, strength)
+
+    # Final adaLN and zero-init projection back to patches.
+    shift, scale = jnp.split(blocks.dense(2 * cfg.width, ("embed", None), zero_init=True,
+                                          name="final_adaln", **kw)(nn.silu(cond)), 2, axis=-1)
+    h = blocks.modulate(blocks.layer_norm("norm_out", affine=False, **kw)(h), shift, scale)
+    out = blocks.dense(pt * ph * pw * channels, ("embed", "conv_out"), zero_init=True,
+                       name="unpatchify", **kw)(h)
+    out = einops.rearrange(out, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
+                           h=grid[0], pt=pt, ph=ph, pw=pw)
+    return out.astype(jnp.float32)
+
+  def _route(self, identity, tokens, valid, kw):
+    """The identity context for the blocks (see DiTBlock's docstring)."""
+    cfg = self.config
+    routing = cfg.identity_routing
+    if routing not in ("hard", "soft", "none"):
+      raise ValueError(f"identity_routing must be 'hard', 'soft' or 'none', got {routing!r}.")
+    if identity.face_masks is None or routing == "none":
+      bank, mask = identity_lib.CharacterBank(cfg.max_characters, cfg.use_separator,
+                                              name="character_bank", **kw)(tokens, valid)
+      return {"bank": bank, "bank_mask": mask}
+    return route_by_masks(identity.face_masks, tokens, valid, routing, cfg.patch_size)
+
+
+def build_model(model_config) -> VideoDiT:
+  return VideoDiT(model_config)
+
+
+def count_params(params) -> int:
+  """Number of scalars in a (possibly logically boxed) parameter tree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(nn.meta.unbox(params))))
+
+
+def dummy_inputs(model_config, *, batch, frames, height, width, text_len, num_chars=1,
+                 num_refs=1, face_embed_dim=32, face_feature_dim=32, face_cells=4,
+                 with_masks=True):
+  """Zero inputs of the right shapes and dtypes (for init / eval_shape / FLOPs).
+
+  Returns the positional args (x, t, text_tokens, identity, identity_strength).
+  The face dims must match the frozen face encoder the model will be used with.
+  """
+  b, c, k = batch, num_chars, num_refs
+  identity = identity_lib.IdentityInputs(
+      ref_embeddings=jnp.zeros((b, c, k, face_embed_dim), jnp.float32),
+      ref_features=jnp.zeros((b, c, k, face_cells, face_feature_dim), jnp.float32),
+      ref_valid=jnp.ones((b, c, k), bool),
+      char_valid=jnp.ones((b, c), bool),
+      face_masks=jnp.zeros((b, c, frames, height, width), jnp.float32) if with_masks else None)
+  return (jnp.zeros((b, frames, height, width, model_config.channels), jnp.float32),
+          jnp.zeros((b,), jnp.float32), jnp.zeros((b, text_len), jnp.int32), identity,
+          jnp.ones((b,), jnp.float32))

@@ -1,0 +1,154 @@
+"""Identity tokens from frozen face-encoder features, and the character bank.
+
+The frozen face encoder runs OUTSIDE the model; its outputs come in through
+`IdentityInputs`. Per reference, the keys are a linear projection of every
+spatial cell of the encoder's feature map plus the projected pooled embedding
+as one more key (the article attended over the pooled vector alone, which
+makes every query return the same value). A learned bank of Q queries
+cross-attends to those keys (a resampler) and yields Q identity tokens.
+
+Reference modes:
+  "mean":  each reference is encoded on its own; tokens are averaged over the
+           VALID references (the article's pooling).
+  "joint": all of a character's references form one key set (invalid ones
+           masked out) in a single resampler pass.
+"""
+
+from typing import Any
+
+import einops
+import flax
+import flax.linen as nn
+import jax.numpy as jnp
+import ml_collections
+
+from idjax.models import attention
+from idjax.models import blocks
+
+Array = Any
+
+
+@flax.struct.dataclass
+class IdentityInputs:
+  ref_embeddings: Array     # [B, C, K, D_face]
+  ref_features: Array       # [B, C, K, N_cells, F]
+  ref_valid: Array          # bool [B, C, K]
+  char_valid: Array         # bool [B, C]; a sample with no valid character gets no identity update
+  face_masks: Array | None  # float [B, C, T, H, W] in [0, 1] (pixel grid), None = unrouted
+
+
+class Resampler(nn.Module):
+  """Learned queries [Q, D] cross-attend to keys [N, S, D] -> tokens [N, Q, D].
+
+  `layers` pre-LN layers of (cross-attention + MLP), then a final LayerNorm.
+  key_mask: bool [N, S] or None (all keys valid).
+  """
+  num_tokens: int
+  layers: int
+  num_heads: int
+  mlp_ratio: float
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+  implementation: str = "xla"
+
+  @nn.compact
+  def __call__(self, keys, key_mask=None):
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    width = keys.shape[-1]
+    queries = self.param(
+        "queries", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
+        (self.num_tokens, width), self.param_dtype)
+    x = jnp.broadcast_to(queries.astype(self.dtype), (keys.shape[0],) + queries.shape)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    for i in range(self.layers):
+      kv = blocks.layer_norm(f"norm_kv_{i}", **kw)(keys)
+      h = blocks.layer_norm(f"norm_q_{i}", **kw)(x)
+      x = x + attention.Attention(self.num_heads, implementation=self.implementation,
+                                  name=f"attn_{i}", **kw)(h, kv, mask)
+      h = blocks.layer_norm(f"norm_mlp_{i}", **kw)(x)
+      x = x + blocks.Mlp(self.mlp_ratio, name=f"mlp_{i}", **kw)(h)
+    return blocks.layer_norm("norm_out", **kw)(x)
+
+
+class IdentityEncoder(nn.Module):
+  """IdentityInputs -> (tokens [B, C, Q, D], valid bool [B, C]).
+
+  A character is valid when char_valid says so AND it has at least one valid
+  reference. Tokens of invalid characters are whatever the resampler gives
+  (zeros in "mean" mode); callers must mask them with `valid`.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, inputs: IdentityInputs):
+    cfg = self.config
+    dtype, param_dtype = blocks.dtypes(cfg)
+    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    width = cfg.width
+    b, c, k, n_cells, _ = inputs.ref_features.shape
+
+    cells = blocks.dense(width, (None, "embed"), name="cell_proj", **kw)(
+        inputs.ref_features.astype(dtype))
+    pooled = blocks.dense(width, (None, "embed"), name="embedding_proj", **kw)(
+        inputs.ref_embeddings.astype(dtype))
+    keys = jnp.concatenate([cells, pooled[..., None, :]], axis=-2)      # [B,C,K,S,D]
+    # Attention is blind to key order, so the slot (which cell, or the pooled
+    # vector) is added as a learned embedding.
+    slot = self.param("key_slot", nn.with_logical_partitioning(
+        nn.initializers.normal(0.02), (None, "embed")), (n_cells + 1, width), param_dtype)
+    keys = keys + slot.astype(dtype)
+
+    resampler = Resampler(cfg.num_identity_tokens, cfg.identity_layers, cfg.num_heads,
+                          cfg.mlp_ratio, implementation=attention.resolve_implementation(
+                              cfg.attention_impl), name="resampler", **kw)
+    ref_valid = inputs.ref_valid.astype(bool)
+    if cfg.reference_mode == "mean":
+      tokens = resampler(einops.rearrange(keys, "b c k s d -> (b c k) s d"))
+      tokens = einops.rearrange(tokens, "(b c k) q d -> b c k q d", b=b, c=c)
+      w = ref_valid.astype(dtype)
+      count = jnp.maximum(w.sum(-1), 1.0)
+      tokens = jnp.einsum("bckqd,bck->bcqd", tokens, w) / count[..., None, None]
+    elif cfg.reference_mode == "joint":
+      key_mask = einops.repeat(ref_valid, "b c k -> (b c) (k s)", s=n_cells + 1)
+      tokens = resampler(einops.rearrange(keys, "b c k s d -> (b c) (k s) d"), key_mask)
+      tokens = einops.rearrange(tokens, "(b c) q d -> b c q d", b=b)
+    else:
+      raise ValueError(f"reference_mode must be 'mean' or 'joint', got {cfg.reference_mode!r}.")
+    valid = inputs.char_valid.astype(bool) & jnp.any(ref_valid, axis=-1)
+    tokens = nn.with_logical_constraint(tokens, ("batch", "chars", "length", "embed"))
+    return tokens, valid
+
+
+class CharacterBank(nn.Module):
+  """Per-character tokens [B, C, Q, D] -> one sequence for a shared softmax.
+
+  Used only where several characters' tokens share ONE softmax (routing
+  "none", or no face masks): each character's tokens get a learned
+  character-index embedding, followed by a learned separator token
+  (`use_separator`), giving [B, C * (Q + 1), D] (or C * Q) and a key mask that
+  drops absent characters. Under mask routing ("hard"/"soft") each video token
+  only sees its own character's tokens, so neither is used there, and the
+  model is equivariant to permuting characters (with their masks and
+  references).
+  """
+  max_characters: int
+  use_separator: bool
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens, valid):
+    b, c, q, d = tokens.shape
+    if c > self.max_characters:
+      raise ValueError(f"{c} characters given but the model has max_characters="
+                       f"{self.max_characters}.")
+    init = nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed"))
+    index = self.param("character_index", init, (self.max_characters, d), self.param_dtype)
+    tokens = tokens + index[:c].astype(self.dtype)[None, :, None, :]
+    if self.use_separator:
+      sep = self.param("separator", init, (1, d), self.param_dtype).astype(self.dtype)
+      tokens = jnp.concatenate([tokens, jnp.broadcast_to(sep, (b, c, 1, d))], axis=2)
+    per_char = tokens.shape[2]
+    bank = einops.rearrange(tokens, "b c q d -> b (c q) d")
+    mask = einops.repeat(valid, "b c -> b (c q)", q=per_char)
+    return bank, mask

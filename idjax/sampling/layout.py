@@ -1,0 +1,99 @@
+"""Where each character's face goes: box trajectories and face masks.
+
+A character's layout is a box trajectory over the clip, boxes being float
+(y0, x0, y1, x1) fractions of the frame. Given as
+  [4]      one box for every frame,
+  [2, 4]   a start and an end box, linearly interpolated over the frames,
+  [T, 4]   one box per frame (e.g. the boxes of a rendered clip).
+Face masks are soft-edged ellipses inscribed in the boxes: the data world's
+masks cover the head (face plus hair), which is an ellipse-like blob filling
+its square box, so an inscribed ellipse routes identity to the same region
+the model saw in training. The soft edge (about a pixel) keeps masks of
+sub-pixel moves from jumping.
+"""
+
+import numpy as np
+
+
+def validate_box(box, what: str = "box") -> np.ndarray:
+  """float32 [4]; ValueError (one sentence) unless 0 <= y0 < y1 <= 1 and same for x."""
+  box = np.asarray(box, np.float64).reshape(-1)
+  if box.shape != (4,) or not np.all(np.isfinite(box)):
+    raise ValueError(f"{what} must be four numbers y0,x0,y1,x1, got {box.tolist()}.")
+  y0, x0, y1, x1 = box
+  if not (0.0 <= y0 < y1 <= 1.0 and 0.0 <= x0 < x1 <= 1.0):
+    raise ValueError(f"{what} {box.tolist()} must satisfy 0 <= y0 < y1 <= 1 "
+                     "and 0 <= x0 < x1 <= 1 (fractions of the frame).")
+  return box.astype(np.float32)
+
+
+def box_trajectory(spec, num_frames: int) -> np.ndarray:
+  """A layout spec ([4], [2, 4] or [T, 4]) -> float32 [T, 4] boxes."""
+  spec = np.asarray(spec, np.float32)
+  if spec.shape == (4,):
+    spec = spec[None]
+  if spec.ndim != 2 or spec.shape[-1] != 4:
+    raise ValueError(f"A box trajectory must have shape [4], [2, 4] or [T, 4], got {list(spec.shape)}.")
+  for i, box in enumerate(spec):
+    validate_box(box, f"box {i}")
+  if spec.shape[0] == num_frames:
+    return spec.copy()
+  if spec.shape[0] == 1:
+    return np.repeat(spec, num_frames, axis=0)
+  if spec.shape[0] == 2:
+    w = np.linspace(0.0, 1.0, num_frames, dtype=np.float32)[:, None]
+    return (1.0 - w) * spec[0] + w * spec[1]
+  raise ValueError(f"A box trajectory has {spec.shape[0]} boxes; expected 1, 2 "
+                   f"(start and end) or one per frame ({num_frames}).")
+
+
+def layout_boxes(layout, num_characters, max_characters: int, num_frames: int) -> np.ndarray:
+  """Per-prompt layouts -> float32 [B, C, T, 4] (absent characters: zeros).
+
+  Args:
+    layout: per prompt, a list with one box-trajectory spec per character.
+    num_characters: per prompt, how many characters it has (its references).
+    max_characters: C.
+    num_frames: T.
+  """
+  if len(layout) != len(num_characters):
+    raise ValueError(f"layout has {len(layout)} entries for {len(num_characters)} prompts.")
+  out = np.zeros((len(layout), max_characters, num_frames, 4), np.float32)
+  for b, (chars, count) in enumerate(zip(layout, num_characters)):
+    if len(chars) != count:
+      raise ValueError(f"Prompt {b} has {count} character(s) but {len(chars)} box trajectories.")
+    for c, spec in enumerate(chars):
+      out[b, c] = box_trajectory(spec, num_frames)
+  return out
+
+
+def face_masks(boxes, height: int, width: int, shape: str = "ellipse",
+               softness: float = 1.0) -> np.ndarray:
+  """Soft masks of the boxes on the pixel grid.
+
+  Args:
+    boxes: float [..., 4] fractions (y0, x0, y1, x1).
+    height, width: the frame's pixel grid.
+    shape: "ellipse" (inscribed in the box) or "box".
+    softness: width of the edge ramp in pixels.
+
+  Returns:
+    float32 [..., H, W] in [0, 1]; an all-zero box gives an all-zero mask.
+  """
+  boxes = np.asarray(boxes, np.float32)
+  y0, x0, y1, x1 = [boxes[..., i, None, None] * s for i, s in
+                    zip(range(4), (height, width, height, width))]  # pixels
+  ys = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
+  xs = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
+  if shape == "ellipse":
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    ry, rx = np.maximum((y1 - y0) / 2, 1e-6), np.maximum((x1 - x0) / 2, 1e-6)
+    radius = np.sqrt(((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2)
+    inside = (1.0 - radius) * np.minimum(ry, rx)   # ~ signed distance in pixels
+  elif shape == "box":
+    inside = np.minimum(np.minimum(ys - y0, y1 - ys), np.minimum(xs - x0, x1 - xs))
+  else:
+    raise ValueError(f"Unknown mask shape {shape!r}; expected 'ellipse' or 'box'.")
+  mask = np.clip(inside / softness + 0.5, 0.0, 1.0)
+  empty = (y1 <= y0) | (x1 <= x0)
+  return np.where(empty, 0.0, mask).astype(np.float32)

@@ -1,0 +1,135 @@
+"""Checkpoints of the video train state, and loading EMA params for sampling.
+
+Layout: WORKDIR/config.json and WORKDIR/checkpoints/<step>/state (orbax).
+Saves are asynchronous (orbax copies the arrays off the devices, then writes
+in a background thread), so training continues while a checkpoint is written.
+"""
+
+import os
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from idjax import configlib
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Config entries that fix the shapes of the train state (or of the data it
+# was trained on); any difference makes an existing checkpoint unusable.
+# Model keys that only change how the same params are computed are exempt.
+_RUNTIME_MODEL_KEYS = ("attention_impl", "remat_policy", "dtype")
+_SHAPE_DATA_KEYS = ("resolution", "max_characters", "num_references",
+                    "reference_resolution", "text_len")
+
+
+def make_manager(workdir, train_config) -> ocp.CheckpointManager:
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=int(train_config.keep_checkpoints), create=True,
+      enable_async_checkpointing=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+                               options=options,
+                               item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+
+def open_manager(workdir) -> ocp.CheckpointManager:
+  """A manager for reading the checkpoints of an existing workdir."""
+  return ocp.CheckpointManager(
+      os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
+      item_handlers={"state": ocp.StandardCheckpointHandler()})
+
+
+def save(manager, state, *, force=False):
+  """Starts an asynchronous save of `state` at its step (returns at once)."""
+  step = int(state.step.addressable_data(0))  # replicated; fine on any process
+  manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state)), force=force)
+
+
+def shape_signature(config) -> dict:
+  """The part of a config that must match for a checkpoint to be restorable."""
+  model = {k: v for k, v in config.model.to_dict().items() if k not in _RUNTIME_MODEL_KEYS}
+  data = {k: config.data.get(k) for k in _SHAPE_DATA_KEYS}
+  return {"model": model, "data": data}
+
+
+def _normalise(value):
+  """JSON round trips turn tuples into lists; compare them alike."""
+  if isinstance(value, (list, tuple)):
+    return [_normalise(v) for v in value]
+  if isinstance(value, dict):
+    return {k: _normalise(v) for k, v in value.items()}
+  return value
+
+
+def check_compatible(saved_config, config) -> None:
+  """Raises UsageError naming every shape-relevant difference."""
+  old, new = _normalise(shape_signature(saved_config)), _normalise(shape_signature(config))
+  diffs = [f"{section}.{key}: checkpoint has {old[section].get(key)!r}, config has "
+           f"{new[section].get(key)!r}"
+           for section in ("model", "data")
+           for key in sorted(set(old[section]) | set(new[section]))
+           if old[section].get(key) != new[section].get(key)]
+  if diffs:
+    raise configlib.UsageError(
+        "The checkpoint in this workdir was trained with an incompatible config ("
+        + "; ".join(diffs) + "); use a new --workdir or the original settings.")
+
+
+def check_state_shapes(manager, step, abstract_state) -> None:
+  """Compares stored array shapes with the state to restore (UsageError if any differ)."""
+  stored = manager.item_metadata(step)["state"].tree
+  want = jax.tree_util.tree_flatten_with_path(abstract_state)[0]
+  flat = {jax.tree_util.keystr(p, simple=True, separator="."): leaf.shape
+          for p, leaf in jax.tree_util.tree_flatten_with_path(stored)[0]}
+  bad = []
+  for path, leaf in want:
+    name = jax.tree_util.keystr(path, simple=True, separator=".")
+    if name in flat and tuple(flat[name]) != tuple(leaf.shape):
+      bad.append(f"{name} {tuple(flat[name])} vs {tuple(leaf.shape)}")
+  if bad or len(flat) != len(want):
+    detail = "; ".join(bad[:3]) or f"{len(flat)} stored arrays vs {len(want)} expected"
+    raise configlib.UsageError(
+        f"The checkpoint at step {step} does not fit this model ({detail}); "
+        "was the face encoder or model changed? Use a new --workdir.")
+
+
+def restore(manager, step, abstract_state):
+  """Restores the state saved at `step` into the shardings of `abstract_state`
+  (a pytree of jax.ShapeDtypeStruct with `sharding`)."""
+  check_state_shapes(manager, step, abstract_state)
+  out = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return out["state"]
+
+
+def load_inference(workdir):
+  """(config, ema_params) of the latest checkpoint in a video workdir.
+
+  The params land on the default device; the caller may reshard them.
+  Raises ValueError when the workdir holds no trained video model.
+  """
+  workdir = os.path.abspath(os.fspath(workdir))
+  config_path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(config_path):
+    raise ValueError(f"{workdir} holds no {CONFIG_FILE}; train a model there with train.py first.")
+  config = configlib.load_saved_config(config_path)
+  manager = open_manager(workdir)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"{workdir} holds no checkpoint yet; train.py writes one every "
+                     f"{config.train.checkpoint_every} steps and at the end.")
+  restored = restore_tree(manager, step)
+  manager.close()
+  return ml_collections.ConfigDict(config), restored["ema_params"]
+
+
+def restore_tree(manager, step):
+  """The state saved at `step` as nested dicts on the default device (no model
+  or optimizer needed to describe it: the stored metadata does)."""
+  stored = manager.item_metadata(step)["state"].tree
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device), stored)
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))["state"]

@@ -1,0 +1,156 @@
+"""The pure train step: batch -> losses -> grads -> (guarded) optax update.
+
+Randomness is drawn per example from `derive(rng, step, purpose)` folded with
+the example's global `index`, so the step computes the same numbers on any
+mesh and for any batch slot. Gradient accumulation is a `lax.scan` over
+micro-batches inside the step (the step stays one function and one jit);
+micro-batch m takes examples m, m + A, m + 2A, ... so that every micro-batch
+stays spread over all data-parallel devices.
+"""
+
+import einops
+import jax
+import jax.numpy as jnp
+import optax
+
+from idjax import diffusion, losses
+from idjax.face.crop import crop_and_resize
+from idjax.models.identity import IdentityInputs
+from idjax.rng import derive, per_example
+from idjax.train.state import TrainState, ema_update, make_optimizer
+
+
+def encode_references(encoder, encoder_params, references):
+  """uint8 [B, C, K, R, R, 3] -> (emb [B, C, K, D], fmap [B, C, K, N, F]).
+
+  Each reference is resized whole (box = full image) to the encoder's input;
+  no gradient reaches anything here.
+  """
+  b, c, k = references.shape[:3]
+  x = diffusion.to_model_space(references)
+  full = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0, 1.0]), (b, c, k, 4))
+  crops = einops.rearrange(crop_and_resize(x, full, encoder.input_size),
+                           "b c k h w x -> (b c k) h w x")
+  emb, fmap = encoder.apply(encoder_params, crops)
+  emb = einops.rearrange(emb, "(b c k) d -> b c k d", b=b, c=c)
+  fmap = einops.rearrange(fmap, "(b c k) n f -> b c k n f", b=b, c=c)
+  return jax.lax.stop_gradient(emb), jax.lax.stop_gradient(fmap)
+
+
+def draw_example_randomness(train_config, root, step, index, frames_shape):
+  """Every per-example random draw of one step, keyed by global example index."""
+  def keys(purpose):
+    return per_example(derive(root, step, purpose), index)
+
+  def bernoulli(purpose, rate):
+    return jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys(purpose))
+
+  num_frames = frames_shape[1]
+  window = min(int(train_config.id_loss_frames), num_frames)
+  return dict(
+      t=jax.vmap(lambda k: diffusion.sample_logit_normal(
+          k, (), train_config.t_logit_mean, train_config.t_logit_std))(keys("t")),
+      noise=jax.vmap(lambda k: jax.random.normal(k, frames_shape[1:], jnp.float32))(
+          keys("noise")),
+      drop_text=bernoulli("text_dropout", train_config.text_dropout),
+      drop_identity=bernoulli("identity_dropout", train_config.identity_dropout),
+      drop_mask=bernoulli("mask_dropout", train_config.mask_dropout),
+      id_start=jax.vmap(lambda k: jax.random.randint(k, (), 0, num_frames - window + 1))(
+          keys("id_frames")),
+  )
+
+
+def make_train_step(config, model, encoder):
+  """Returns `train_step(state, batch, encoder_params) -> (state, metrics)`.
+
+  The frozen encoder's params are an argument rather than part of the state:
+  they are never updated or checkpointed with the video model, and the step
+  wraps them in stop_gradient.
+  """
+  tc = config.train
+  tx, schedule = make_optimizer(tc)
+  lambda_id = float(tc.lambda_id)
+
+  def prepare(state, batch, encoder_params):
+    """Inputs of the loss for the whole batch (nothing here is differentiated)."""
+    x0 = diffusion.to_model_space(batch["frames"])
+    r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape)
+    ref_emb, ref_fmap = encode_references(encoder, encoder_params, batch["references"])
+    char_valid = batch["character_valid"] & ~r["drop_identity"][:, None]
+    masks = batch["masks"].astype(jnp.float32)
+    # Mask dropout: all-ones masks teach the model to place the face itself,
+    # as it must when sampling without a layout.
+    masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)
+    return dict(
+        x0=x0, noise=r["noise"], t=r["t"], id_start=r["id_start"],
+        text_tokens=jnp.where(r["drop_text"][:, None], 0, batch["text_tokens"]),
+        ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
+        char_valid=char_valid, masks=masks, boxes=batch["boxes"])
+
+  def loss_fn(params, mb, encoder_params, dropout_key):
+    x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], mb["t"])
+    identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
+                              mb["char_valid"], mb["masks"])
+    strength = jnp.ones_like(mb["t"])
+    v_hat = model.apply({"params": params}, x_t, mb["t"], mb["text_tokens"], identity,
+                        strength, deterministic=False, rngs={"dropout": dropout_key})
+    denoise = jnp.mean(losses.denoising_loss(
+        v_hat, diffusion.velocity_target(mb["x0"], mb["noise"])))
+    metrics = dict(denoise_loss=denoise)
+    total = denoise
+    if lambda_id > 0:
+      x0_hat = diffusion.clean_estimate(x_t, mb["t"], v_hat.astype(jnp.float32))
+      low_noise = (mb["t"] <= tc.id_loss_max_t).astype(jnp.float32)
+      weight = mb["char_valid"].astype(jnp.float32) * low_noise[:, None]
+      frozen = jax.lax.stop_gradient(encoder_params)
+      identity_loss, terms = losses.identity_loss_on_estimate(
+          x0_hat, mb["boxes"], mb["id_start"], mb["ref_emb"], mb["ref_valid"], weight,
+          lambda crops: encoder.apply(frozen, crops)[0], encoder.input_size,
+          min(int(tc.id_loss_frames), x0_hat.shape[1]), tc.lambda_temporal)
+      total = total + lambda_id * identity_loss
+      metrics.update(identity_loss=identity_loss, id_reference=terms["reference"],
+                     id_temporal=terms["temporal"], id_active=jnp.mean(low_noise))
+    return total, metrics
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def loss_and_grads(params, inputs, encoder_params, key):
+    accum = int(tc.grad_accum)
+    if accum == 1:
+      (loss, metrics), grads = grad_fn(params, inputs, encoder_params, key)
+      return loss, metrics, grads
+    micro = jax.tree.map(lambda a: einops.rearrange(a, "(b m) ... -> m b ...", m=accum), inputs)
+
+    def body(carry, xs):
+      mb, m = xs
+      (loss, metrics), grads = grad_fn(params, mb, encoder_params, jax.random.fold_in(key, m))
+      return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+        lambda: grad_fn(params, jax.tree.map(lambda a: a[0], micro), encoder_params, key)))
+    zeros = (zeros[0][0], zeros[0][1], zeros[1])
+    total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
+    return jax.tree.map(lambda a: a / accum, total)
+
+  def train_step(state: TrainState, batch, encoder_params):
+    inputs = prepare(state, batch, encoder_params)
+    key = derive(state.root_key, state.step, "dropout")
+    loss, metrics, grads = loss_and_grads(state.params, inputs, encoder_params, key)
+    grad_norm = optax.global_norm(grads)
+    # A non-finite loss or gradient leaves params, EMA and optimizer untouched.
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = ema_update(state.ema_params, params, tc.ema_decay)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1, params=keep(params, state.params),
+        ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
+        nonfinite=jnp.where(ok, 0, state.nonfinite + 1),
+        skipped=state.skipped + (~ok).astype(jnp.int32))
+    metrics.update(loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
+                   applied=ok.astype(jnp.float32), nonfinite=new_state.nonfinite,
+                   skipped=new_state.skipped, t_mean=jnp.mean(inputs["t"]))
+    return new_state, metrics
+
+  return train_step

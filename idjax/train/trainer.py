@@ -1,0 +1,302 @@
+"""The video-model trainer: mesh -> sharded init -> jitted step -> loop -> checkpoints.
+
+Reads top to bottom like big_vision's trainer. Side effects (logging,
+checkpoints, samples, signals) live here; the step (`step.py`) is pure.
+"""
+
+import dataclasses
+import math
+import os
+import signal
+import sys
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from idjax import configlib, sharding
+from idjax.rng import derive
+from idjax.train import checkpoint
+from idjax.train.distributed import Watchdog
+from idjax.train.state import TrainState, create_state, make_optimizer
+from idjax.train.step import make_train_step
+from idjax.train.writer import MetricsWriter
+
+
+class TrainingDiverged(RuntimeError):
+  """Too many consecutive non-finite steps; the last good checkpoint is kept."""
+
+
+def build_mesh(config, devices=None):
+  dcn = dict(config.get("dcn_mesh", {}) or {})
+  use_dcn = math.prod(int(v) for v in dcn.values()) > 1 if dcn else False
+  try:
+    return sharding.make_mesh(dict(config.mesh), devices, dcn if use_dcn else None)
+  except ValueError as e:
+    raise configlib.UsageError(f"{e}") from e
+
+
+def load_face_encoder(config):
+  """The frozen encoder named by config.face_encoder_workdir (UsageError if absent)."""
+  from idjax.face.frozen import FrozenFaceEncoder
+  workdir = config.face_encoder_workdir
+  try:
+    return FrozenFaceEncoder.from_workdir(workdir)
+  except ValueError as e:
+    raise configlib.UsageError(
+        f"No face encoder in {workdir!r} (config.face_encoder_workdir); make it first with: "
+        f"python train.py --config configs/face_encoder.py --workdir {workdir}") from e
+
+
+def model_inputs(config, encoder, batch=1):
+  """Zero model inputs of the configured shapes (for init and FLOP counts)."""
+  from idjax.models import dummy_inputs
+  d = config.data
+  return dummy_inputs(
+      config.model, batch=batch, frames=d.num_frames, height=d.resolution, width=d.resolution,
+      text_len=d.text_len, num_chars=d.max_characters, num_refs=d.num_references,
+      face_embed_dim=encoder.embed_dim, face_feature_dim=encoder.feature_dim,
+      face_cells=encoder.feature_cells)
+
+
+def train_flops_per_step(config, encoder) -> float:
+  """Analytic model FLOPs of one train step (forward x 3 for forward + backward)."""
+  from idjax.models import forward_flops
+  d = config.data
+  return 3.0 * forward_flops(
+      config.model, config.train.batch_size, d.num_frames, d.resolution, d.resolution,
+      d.text_len, d.max_characters, d.num_references, face_embed_dim=encoder.embed_dim,
+      face_feature_dim=encoder.feature_dim, face_cells=encoder.feature_cells)
+
+
+def host_value(x):
+  """A replicated array's value on this host (works when other processes hold
+  devices of the mesh too, where device_get would refuse)."""
+  return np.asarray(x.addressable_data(0))
+
+
+def put_replicated(tree, mesh):
+  """Host values (the same on every process) -> arrays replicated over `mesh`."""
+  replicated = sharding.replicated(mesh)
+  def put(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
+  return jax.tree.map(put, tree)
+
+
+@dataclasses.dataclass
+class Setup:
+  """The compiled pieces of a run on one mesh.
+
+  abstract_state: TrainState of ShapeDtypeStruct with shardings (for restore).
+  init(): a fresh state, created sharded (params never exist unsharded).
+  step(state, batch, encoder_params): the jitted, donating train step; call
+    it inside `activation_sharding` (done by `run_step`).
+  jitted(batch): the underlying jax.jit object (for lower / compile / cost).
+  """
+  config: object
+  mesh: object
+  abstract_state: object
+  state_shardings: object
+  init: object
+  step: object
+  jitted: object
+
+  def run_step(self, state, batch, encoder_params):
+    with sharding.activation_sharding(self.mesh, self.config.sharding.rules):
+      return self.step(state, batch, encoder_params)
+
+
+def make_setup(config, model, encoder, mesh) -> Setup:
+  rules = config.sharding.rules
+  tx, _ = make_optimizer(config.train)
+
+  def init_boxed():
+    key = derive(config.seed, 0, "init")
+    variables = model.init({"params": key, "dropout": key}, *model_inputs(config, encoder))
+    return create_state(variables["params"], tx, config.seed)
+
+  boxed = jax.eval_shape(init_boxed)
+  state_shardings = sharding.tree_shardings(nn.get_partition_spec(boxed), mesh, rules)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          nn.unbox(boxed), state_shardings)
+  init = jax.jit(lambda: nn.unbox(init_boxed()), out_shardings=state_shardings)
+
+  def batch_shardings(batch):
+    return {k: sharding.batch_sharding(mesh, jnp.ndim(v), rules) for k, v in batch.items()}
+
+  step_fn = make_train_step(config, model, encoder)
+  replicated = sharding.replicated(mesh)
+  compiled = {}
+
+  def jitted(batch):
+    """The jitted step for batches with these keys (lower/compile it for analysis)."""
+    signature = tuple(sorted((k, jnp.ndim(v)) for k, v in batch.items()))
+    if signature not in compiled:
+      compiled[signature] = jax.jit(
+          step_fn, in_shardings=(state_shardings, batch_shardings(batch), replicated),
+          out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+    return compiled[signature]
+
+  def step(state, batch, encoder_params):
+    return jitted(batch)(state, batch, encoder_params)
+
+  return Setup(config, mesh, abstract, state_shardings, init, step, jitted)
+
+
+class _StopFlag:
+  """Set by SIGTERM / SIGINT; the loop saves a checkpoint and returns."""
+
+  def __init__(self):
+    self.signal = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _start_state(workdir, config, manager, setup):
+  """The latest checkpoint's state (refusing an incompatible one before
+  touching it) or a fresh one; then records the config in the workdir."""
+  config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
+  latest = manager.latest_step()
+  if latest is not None:
+    if os.path.isfile(config_path):
+      checkpoint.check_compatible(configlib.load_saved_config(config_path), config)
+    state = checkpoint.restore(manager, latest, setup.abstract_state)
+  else:
+    state = setup.init()
+  if jax.process_index() == 0:
+    configlib.save_config(config, config_path)
+  return state
+
+
+def _write_samples(config, workdir, step, num=2):
+  """Samples of held-out identities (from the latest checkpoint) as GIF + contact
+  sheet in WORKDIR/samples; the references are world renders, the boxes the
+  clip's own, so the face is placed where the real clip has it."""
+  if jax.process_count() > 1 or jax.process_index() != 0:
+    return  # The Generator is single-controller; multi-host runs sample with sample.py.
+  from idjax.data.pipeline import world_config
+  from idjax.data.world import render_clip
+  from idjax.sampling.generator import Generator
+  from idjax.sampling import video_io
+  world = world_config(config.data)
+  clips = [render_clip(world, config.data.seed + 1, i, split="heldout") for i in range(num)]
+  prompts = [c["prompt"] for c in clips]
+  references = [[list(c["references"][j]) for j in range(len(c["references"]))
+                 if c["character_valid"][j]] for c in clips]
+  layout = [[c["boxes"][j] for j in range(len(c["boxes"])) if c["character_valid"][j]]
+            for c in clips]
+  out = Generator.from_workdir(workdir).generate(
+      prompts, references, layout=layout, seed=step, progress=False)
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  for i, frames in enumerate(out["frames"]):
+    video_io.write_gif(os.path.join(folder, f"step{step:07d}_{i}.gif"), frames)
+    refs = [r for character in references[i] for r in character]
+    video_io.write_png(os.path.join(folder, f"step{step:07d}_{i}.png"),
+                       video_io.contact_sheet(frames, refs))
+
+
+def train(config, workdir, *, model=None, encoder=None, batches=None, stop_at=None,
+          progress=True, sample_hook=_write_samples) -> dict:
+  """Trains (or resumes) the video model in `workdir`; returns the last metrics.
+
+  `stop_at`: leave after that step with a checkpoint, as a preemption would
+  (time-boxed jobs; the resume tests). `sample_hook(config, workdir, step)`
+  writes samples every train.sample_every steps and at the end (None: off).
+
+  `model`, `encoder` and `batches` (anything with `batch_at(step)`) default
+  to those the config names; tests pass small ones. Raises TrainingDiverged
+  after too many non-finite steps in a row.
+  """
+  from idjax.models import build_model
+
+  tc = config.train
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  encoder = encoder if encoder is not None else load_face_encoder(config)
+  model = model if model is not None else build_model(config.model)
+  mesh = build_mesh(config)
+  batch_axis = sharding.batch_axis_size(mesh, config.sharding.rules)
+  if tc.batch_size % (batch_axis * tc.grad_accum):
+    raise configlib.UsageError(
+        f"train.batch_size={tc.batch_size} must divide by the {batch_axis} batch shards "
+        f"times train.grad_accum={tc.grad_accum}.")
+
+  setup = make_setup(config, model, encoder, mesh)
+  manager = checkpoint.make_manager(workdir, tc)
+  state = _start_state(workdir, config, manager, setup)
+  encoder_params = put_replicated(encoder.params, mesh)
+  if batches is None:
+    from idjax.data.pipeline import GlobalBatches, make_source
+    batches = GlobalBatches(make_source(config.data), global_batch_size=tc.batch_size,
+                            seed=config.data.seed, mesh=mesh, rules=config.sharding.rules,
+                            text_len=config.data.text_len)
+  flops = train_flops_per_step(config, encoder)
+  writer = MetricsWriter(workdir)
+  step = int(host_value(state.step))
+  bar = _progress(step, tc.steps, progress and jax.process_index() == 0)
+  watchdog, last = None, {}
+  tick, tick_step = time.perf_counter(), step
+  try:
+    with _StopFlag() as stop:
+      while step < tc.steps:
+        state, metrics = setup.run_step(state, batches.batch_at(step), encoder_params)
+        step += 1
+        nonfinite = int(host_value(metrics["nonfinite"]))
+        if watchdog:
+          watchdog.beat()
+        elif jax.process_count() > 1:  # started after the first (compiling) step
+          watchdog = Watchdog(tc.heartbeat_timeout_s)
+        if nonfinite >= tc.max_nonfinite_steps:
+          raise TrainingDiverged(
+              f"{nonfinite} consecutive steps had a non-finite loss or gradient (up to step "
+              f"{step}); stopped. The last good checkpoint is kept in {workdir}/checkpoints.")
+        if nonfinite:
+          bar.write(f"step {step}: non-finite loss or gradient, update skipped "
+                    f"({nonfinite} in a row)")
+        if step % tc.log_every == 0 or step == tc.steps:
+          now = time.perf_counter()
+          rate = (step - tick_step) / max(now - tick, 1e-9)
+          tick, tick_step = now, step
+          last = {k: float(host_value(v)) for k, v in metrics.items()}
+          last.update(steps_per_s=rate, model_tflops_per_s=flops * rate / 1e12)
+          writer.write(step, last)
+          bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.2f}")
+        bar.update(1)
+        if stop.signal is not None or step == stop_at:
+          checkpoint.save(manager, state, force=True)
+          break
+        if step % tc.checkpoint_every == 0 or step == tc.steps:
+          checkpoint.save(manager, state)
+        if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+          manager.wait_until_finished()
+          if sample_hook:
+            sample_hook(config, workdir, step)
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.close()
+    bar.close()
+    if watchdog:
+      watchdog.stop()
+  return dict(last, step=step)
+
+
+def _progress(initial, total, enabled):
+  from tqdm import tqdm
+  return tqdm(initial=initial, total=total, disable=not enabled, dynamic_ncols=True,
+              file=sys.stderr)

@@ -1,0 +1,131 @@
+"""Identity metrics on hand-made cases, and the eval protocol end to end (tiny)."""
+
+import numpy as np
+import pytest
+
+from idjax.eval import benchmark, metrics
+
+from test_generator import tiny_face_encoder
+
+
+def _unit(v):
+  v = np.asarray(v, np.float64)
+  return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def test_identical_frames_consistency_one_drift_zero():
+  emb = np.tile(_unit([1.0, 2.0, 3.0]), (6, 1))
+  assert metrics.temporal_consistency(emb) == pytest.approx(1.0)
+  assert metrics.drift(emb) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.diversity(emb)["embedding"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_drift_is_the_slope_of_similarity_to_frame_zero():
+  # Frame t at angle a * t from frame 0: cos(a t), slope by least squares.
+  a = 0.1
+  t = np.arange(5)
+  emb = np.stack([np.cos(a * t), np.sin(a * t)], axis=-1)
+  expected = np.polyfit(t, np.cos(a * t), 1)[0]
+  assert metrics.drift(emb) == pytest.approx(expected, rel=1e-9)
+  assert metrics.temporal_consistency(emb) == pytest.approx(np.cos(a))
+
+
+def test_face_sim_uses_the_mean_reference():
+  refs = _unit([[1.0, 0.0], [0.0, 1.0]])
+  crops = _unit([[1.0, 1.0], [1.0, 0.0]])
+  np.testing.assert_allclose(metrics.face_sim(crops, refs), [1.0, np.sqrt(0.5)])
+
+
+def test_bleed_hand_made():
+  refs = _unit([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+  # Character 0: 3 of 4 frames near its own ref, one near character 1's.
+  c0 = _unit([[1, .1, 0], [1, .2, 0], [.1, 1, 0], [1, 0, .1]])
+  c1 = _unit([[0, 1, 0]] * 4)                      # always its own
+  emb = np.stack([c0, c1])
+  assert metrics.bleed(emb, refs) == pytest.approx(1 / 8)
+  assert metrics.bleed(emb, refs, valid=[True, False]) == 0.0
+
+
+def test_pixel_diversity():
+  crops = np.zeros((2, 4, 4, 3), np.uint8)
+  crops[1] = 255
+  d = metrics.diversity(_unit([[1, 0], [0, 1]]), crops)
+  assert d["pixel"] == pytest.approx(0.5)          # std of {0, 1} is 0.5
+  assert d["embedding"] == pytest.approx(1.0)      # orthogonal frames
+
+
+@pytest.fixture(scope="module")
+def scorer():
+  return metrics.FaceScorer(tiny_face_encoder(seed=3))
+
+
+def test_crop_equal_to_reference_gives_face_sim_one(scorer):
+  rng = np.random.default_rng(0)
+  ref = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  other = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  # A 32x32 frame whose top-left quarter is the reference, upscaled x1 (box = quarter).
+  frame = np.zeros((32, 32, 3), np.uint8)
+  frame[:16, :16] = ref
+  frames = np.stack([frame, np.tile(other, (2, 2, 1))])
+  boxes = np.array([[[0, 0, .5, .5], [0, 0, .5, .5]]], np.float32)
+  m = metrics.clip_metrics(scorer, frames, [[ref]], boxes)
+  assert m["box_source"] == "layout"
+  sims = m["characters"][0]["face_sim_per_frame"]
+  assert sims[0] == pytest.approx(1.0, abs=1e-5)
+  assert sims[1] < 0.999
+
+
+def test_box_search_finds_the_reference(scorer):
+  rng = np.random.default_rng(1)
+  ref = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+  frame = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+  frame[10:26, 20:36] = ref                        # box (.25, .5, .65, .9): side 0.4
+  mean = metrics.reference_mean(scorer.embed_references([ref]))
+  found = scorer.search_boxes(frame[None], mean, candidates=metrics.candidate_boxes((0.4,), 0.125))
+  np.testing.assert_allclose(found[0], [.25, .5, .65, .9], atol=1e-6)
+  m = metrics.clip_metrics(scorer, frame[None], [[ref]])
+  assert m["box_source"] == "search"
+
+
+class _RealClipGenerator:
+  """Stands in for Generator: returns each identity's own real clip (refs given)
+  or the next identity's clip (text only), so FaceSim must hit ceiling / floor."""
+
+  def __init__(self, config):
+    self.config = config
+
+  def generate(self, prompts, references, num_frames, seed, layout, progress, **_):
+    from idjax.data import world
+    cfg = benchmark.world_config(self.config, num_frames)
+    ids = world.split_identities("heldout", len(prompts) + 1)
+    ids = ids[np.random.default_rng([seed, 0xE7A1]).permutation(len(ids))]
+    frames = []
+    for i, refs in enumerate(references):
+      j = i if refs else i + 1
+      frames.append(world.render_clip(cfg, seed, j, split="heldout", identity_ids=[ids[j]])["frames"])
+    return dict(frames=np.stack(frames))
+
+
+def test_protocol_ceiling_and_floor(scorer):
+  from test_generator import tiny_config
+  cfg = tiny_config()
+  cfg.data.resolution = 32
+  cfg.data.reference_resolution = 32
+  result = benchmark.evaluate(_RealClipGenerator(cfg), scorer.encoder, 3, seed=2)
+  rows = result["rows"]
+  assert list(rows) == ["ceiling", "generated (refs+text)", "generated (text only)", "floor"]
+  assert rows["generated (refs+text)"]["face_sim"] == pytest.approx(rows["ceiling"]["face_sim"])
+  # Text only got the next identity's clip, scored on the layout (clip i's boxes).
+  from idjax.data import world
+  wcfg = benchmark.world_config(cfg)
+  ids = world.split_identities("heldout", 4)
+  ids = ids[np.random.default_rng([2, 0xE7A1]).permutation(4)]
+  clips = [world.render_clip(wcfg, 2, j, split="heldout", identity_ids=[ids[j]]) for j in range(4)]
+  expected = np.mean([metrics.clip_metrics(scorer, clips[i + 1]["frames"], [list(clips[i]["references"][0])],
+                                           clips[i]["boxes"][:1])["face_sim"] for i in range(3)])
+  assert rows["generated (text only)"]["face_sim"] == pytest.approx(expected, abs=1e-6)
+  floor = np.mean([metrics.clip_metrics(scorer, clips[i + 1]["frames"], [list(clips[i]["references"][0])],
+                                        clips[i + 1]["boxes"][:1])["face_sim"] for i in range(3)])
+  assert rows["floor"]["face_sim"] == pytest.approx(floor, abs=1e-6)
+  assert result["position"]["generated (refs+text)"] == pytest.approx(1.0)
+  assert "FaceSim" in benchmark.format_table(result)

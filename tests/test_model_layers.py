@@ -1,0 +1,213 @@
+"""Triple-attention layers, RoPE, masking and the DiT's structural promises."""
+
+import functools
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from idjax import models
+from idjax.models import attention, blocks, dit, rope
+from test_model_helpers import random_inputs, randomize, setup, tiny_config
+
+
+def _bump(x, index):
+  """x with random noise added at `index` (a constant would vanish in LayerNorm)."""
+  noise = jax.random.normal(jax.random.key(42), x[index].shape)
+  return x.at[index].add(noise)
+
+
+def _apply_layer(module, x, seed=3, scale=0.1):
+  d = x.shape[-1]
+  mods = [jnp.full((x.shape[0], d), v, jnp.float32) for v in (0.1, 0.2, 1.0)]
+  params = randomize(nn.meta.unbox(module.init(jax.random.key(0), x, *mods)["params"]), seed, scale)
+  return jax.jit(lambda y: module.apply({"params": params}, y, *mods))
+
+
+def test_spatial_attention_never_mixes_frames():
+  cfg = tiny_config()
+  x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
+  f = _apply_layer(blocks.SpatialAttention(cfg, (4, 4)), x)
+  y0, y1 = f(x), f(_bump(x, (slice(None), 2)))
+  changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3))
+  # The perturbed frame moves by more than its own residual: attention saw it.
+  delta = np.asarray(y1 - y0 - (_bump(x, (slice(None), 2)) - x))
+  assert np.abs(delta[:, 2]).max() > 1e-3
+  np.testing.assert_array_equal(changed[[0, 1, 3]], 0.0)
+
+
+def test_temporal_attention_never_mixes_locations():
+  cfg = tiny_config()
+  x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
+  f = _apply_layer(blocks.TemporalAttention(cfg), x)
+  y0, y1 = f(x), f(_bump(x, (slice(None), slice(None), 5)))
+  changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 1, 3))
+  assert changed[5] > 1e-3
+  np.testing.assert_array_equal(np.delete(changed, 5), 0.0)
+  # ... and it does mix frames (otherwise the test above proves nothing).
+  per_frame = np.abs(np.asarray(y1 - y0))[:, :, 5].max(axis=(0, 2))
+  assert (per_frame > 1e-4).all()
+
+
+def test_causal_temporal_attention_ignores_later_frames():
+  cfg = tiny_config(temporal_causal=True)
+  x = jax.random.normal(jax.random.key(0), (2, 5, 16, 32))
+  f = _apply_layer(blocks.TemporalAttention(cfg), x)
+  y0, y1 = f(x), f(_bump(x, (slice(None), 3)))
+  changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3))
+  np.testing.assert_array_equal(changed[:3], 0.0)
+  assert (changed[3:] > 1e-4).all()
+
+
+def test_causal_model_frame_does_not_depend_on_later_frames():
+  _, apply, params, args = setup(temporal_causal=True)
+  y0 = apply({"params": params}, *args)
+  y1 = apply({"params": params}, _bump(args[0], (slice(None), 2)), *args[1:])
+  changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3, 4))
+  np.testing.assert_array_equal(changed[:2], 0.0)
+  assert changed[3] > 1e-4
+
+
+# Soft and none share the strength multiply with hard; they cost one compile
+# each on 2 cores, so they run with the slow tests.
+ROUTINGS = ["hard", pytest.param("soft", marks=pytest.mark.slow),
+            pytest.param("none", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_identity_strength_zero_is_bitwise_no_identity(routing):
+  _, apply, params, args = setup(identity_routing=routing)
+  x, t, tokens, identity, _ = args
+  zero = apply({"params": params}, x, t, tokens, identity, jnp.zeros((2,)))
+  none = apply({"params": params}, x, t, tokens, None, None)
+  full = apply({"params": params}, x, t, tokens, identity, jnp.ones((2,)))
+  assert np.array_equal(np.asarray(zero), np.asarray(none))
+  assert np.abs(np.asarray(full - none)).max() > 1e-3     # the identity path is live
+  # Per sample: strength 0 for sample 0 only leaves sample 0 untouched.
+  mixed = apply({"params": params}, x, t, tokens, identity, jnp.array([0.0, 1.0]))
+  assert np.array_equal(np.asarray(mixed[0]), np.asarray(none[0]))
+  np.testing.assert_allclose(mixed[1], full[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("routing", ROUTINGS)
+def test_no_valid_character_is_the_null_condition(routing):
+  _, apply, params, args = setup(identity_routing=routing)
+  x, t, tokens, identity, strength = args
+  null = identity.replace(char_valid=jnp.zeros_like(identity.char_valid))
+  y = apply({"params": params}, x, t, tokens, null, strength)
+  none = apply({"params": params}, x, t, tokens, None, None)
+  assert np.array_equal(np.asarray(y), np.asarray(none))
+
+
+def test_no_text_does_not_depend_on_text_encoder():
+  _, apply, params, (x, t, tokens, identity, s) = setup()
+  empty = jnp.zeros_like(tokens)
+  y0 = apply({"params": params}, x, t, empty, identity, s)
+  other = dict(params, text=randomize(params["text"], seed=7))
+  y1 = apply({"params": other}, x, t, empty, identity, s)
+  assert np.array_equal(np.asarray(y0), np.asarray(y1))
+  # With text, the text encoder matters.
+  y2 = apply({"params": params}, x, t, tokens, identity, s)
+  y3 = apply({"params": other}, x, t, tokens, identity, s)
+  assert np.abs(np.asarray(y2 - y3)).max() > 1e-4
+
+
+def test_precomputed_text_embeddings_match_tokens():
+  model, apply, params, (x, t, tokens, identity, s) = setup()
+  cfg = model.config
+  emb, _ = jax.jit(models.text.TextEncoder(cfg).apply)({"params": params["text"]}, tokens)
+  chex.assert_shape(emb, (2, cfg.text_len, cfg.text_width))
+  y_tok = apply({"params": params}, x, t, tokens, identity, s)
+  y_emb = jax.jit(functools.partial(model.apply, text_embeddings=emb))(
+      {"params": params}, x, t, tokens, identity, s)
+  np.testing.assert_allclose(y_tok, y_emb, atol=1e-6)
+
+
+def test_fully_masked_rows_are_zero_with_finite_gradients():
+  q = jax.random.normal(jax.random.key(0), (1, 3, 2, 4))
+  k = jax.random.normal(jax.random.key(1), (1, 5, 2, 4))
+  mask = jnp.array([[True] * 5, [False] * 5, [True, False, False, False, False]])[None, None]
+  out = attention.dot_product_attention(q, k, k, mask)
+  np.testing.assert_array_equal(out[:, 1], 0.0)
+  # Row 2 sees only key 0: the output is exactly value 0.
+  np.testing.assert_allclose(out[0, 2], k[0, 0], rtol=1e-6)
+  grad = jax.grad(lambda q: attention.dot_product_attention(q, k, k, mask).sum())(q)
+  assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_rope_scores_depend_only_on_relative_position():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+  def score(pq, pk):
+    aq = rope.rope_angles(np.array([pq], np.float32), 16)
+    ak = rope.rope_angles(np.array([pk], np.float32), 16)
+    return float((rope.apply_rope(q, aq) * rope.apply_rope(k, ak)).sum())
+  np.testing.assert_allclose(score((1, 2), (3, 5)), score((11, 7), (13, 10)), rtol=1e-4)
+  assert abs(score((1, 2), (3, 5)) - score((1, 2), (5, 3))) > 1e-3
+  # Norm-preserving.
+  a = rope.rope_angles(rope.grid_positions(3, 3), 16)
+  qs = jnp.broadcast_to(q, (1, 9, 1, 16))
+  np.testing.assert_allclose(jnp.linalg.norm(rope.apply_rope(qs, a), axis=-1),
+                             jnp.linalg.norm(qs, axis=-1), rtol=1e-5)
+
+
+def test_runs_on_longer_and_larger_clips_than_trained():
+  _, apply, params, _ = setup(frames=8, size=32)
+  args = random_inputs(tiny_config(), batch=1, frames=12, size=48)
+  y = apply({"params": params}, *args)
+  chex.assert_shape(y, (1, 12, 48, 48, 3))
+  chex.assert_type(y, jnp.float32)
+  assert np.isfinite(np.asarray(y)).all()
+
+
+def test_every_param_has_logical_axis_names():
+  model, _, _, args = setup()
+  variables = jax.eval_shape(model.init, jax.random.key(0), *args)
+  specs = jax.tree.leaves(nn.get_partition_spec(variables),
+                          is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
+  assert all(isinstance(s, jax.sharding.PartitionSpec) for s in specs)
+  boxed = jax.tree.leaves(variables, is_leaf=lambda v: isinstance(v, nn.Partitioned))
+  assert all(isinstance(v, nn.Partitioned) for v in boxed), "every param carries axis names"
+  stacked = variables["params"]["blocks"]["mlp"]["fc1"]["kernel"]
+  assert stacked.names == ("layers", "embed", "mlp")
+
+
+def _unstack(params, depth):
+  out = {k: v for k, v in params.items() if k != "blocks"}
+  for i in range(depth):
+    out[f"block_{i}"] = jax.tree.map(lambda p: p[i], params["blocks"])
+  return out
+
+
+def test_unscanned_rematerialised_model_is_the_same_function():
+  model, apply, params, args = setup()
+  ref = apply({"params": params}, *args)
+  other = models.build_model(tiny_config(scan_blocks=False, remat_policy="dots_saveable"))
+  y = jax.jit(other.apply)({"params": _unstack(params, model.config.depth)}, *args)
+  np.testing.assert_allclose(y, ref, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", ["full", "dots_saveable"])
+def test_remat_does_not_change_gradients(policy):
+  model, _, params, args = setup()
+  scanned_remat = models.build_model(tiny_config(remat_policy=policy))
+  loss = lambda m, p: jnp.sum(m.apply({"params": p}, *args) ** 2)
+  g_ref = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
+  g = jax.jit(jax.grad(lambda p: loss(scanned_remat, p)))(params)
+  chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_config_values_are_clear_errors():
+  with pytest.raises(ValueError, match="remat_policy"):
+    dit.block_class(tiny_config(remat_policy="bogus"))
+  with pytest.raises(ValueError, match="attention_impl"):
+    attention.resolve_implementation("flash")
+  cfg = tiny_config()
+  with pytest.raises(ValueError, match="patch size"):
+    args = random_inputs(cfg, size=18)
+    models.build_model(cfg).init(jax.random.key(0), *args)

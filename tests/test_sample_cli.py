@@ -1,0 +1,134 @@
+"""sample.py: usage errors (exit 2, one line, files untouched) and a normal run."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+from PIL import Image
+
+from test_generator import ROOT, make_workdir
+
+sys.path.insert(0, ROOT)
+import sample  # noqa: E402  (the entry point, imported to call main() in-process)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("cli")
+  video = make_workdir(str(root / "runs"))
+  rng = np.random.default_rng(0)
+  images = {}
+  images["a.png"] = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+  images["rgba.png"] = Image.fromarray(rng.integers(0, 256, (24, 18, 4), dtype=np.uint8), "RGBA")
+  images["gray.png"] = Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8), "L")
+  images["pal.gif"] = images["a.png"].convert("P")
+  for name, image in images.items():
+    image.save(root / name)
+  (root / "empty.png").write_bytes(b"")
+  (root / "junk.png").write_bytes(b"not an image at all")
+  empty_workdir = root / "empty_workdir"
+  empty_workdir.mkdir()
+  return root, video, str(empty_workdir)
+
+
+def _digest(paths):
+  return {p: hashlib.sha256(open(p, "rb").read()).hexdigest() for p in paths if os.path.exists(p)}
+
+
+def _run(argv, capsys):
+  with pytest.raises(SystemExit) as e:
+    sample.main(argv)
+  err = capsys.readouterr().err
+  return e.value.code, err
+
+
+def test_normal_run_writes_all_outputs(setup, capsys):
+  root, video, _ = setup
+  out = str(root / "out" / "clip.mp4")
+  sample.main(["--workdir", video, "--reference", str(root / "a.png"), str(root / "rgba.png"),
+               "--prompt", "a person with pale skin", "--out", out, "--frames", "4",
+               "--steps", "2", "--seed", "3", "--no-progress"])
+  stem = out[:-4]
+  mp4 = imageio.mimread(stem + ".mp4", format="FFMPEG")
+  assert len(mp4) == 4
+  gif = imageio.mimread(stem + ".gif")
+  assert len(gif) == 4
+  sheet = np.asarray(Image.open(stem + ".png"))
+  assert sheet.shape[1] > sheet.shape[0] * 4          # references + 4 frames in a row
+  report = json.load(open(stem + ".json"))
+  assert report["seed"] == 3 and report["num_frames"] == 4
+  assert report["arguments"]["prompt"] == "a person with pale skin"
+  assert report["metrics"]["box_source"] == "search"
+  assert -1.0 <= report["metrics"]["face_sim"] <= 1.0
+  assert report["timings_s"]["steps"] == 2
+  # A second run with multiple characters and boxes (palette + grayscale refs).
+  out2 = str(root / "out" / "two.mp4")
+  sample.main(["--workdir", video, "--character", f"x={root / 'pal.gif'},{root / 'gray.png'}",
+               "--box", "x=0.1,0.1,0.6,0.6:0.3,0.3,0.9,0.9", "--prompt", "a person",
+               "--out", out2, "--frames", "2", "--steps", "1", "--no-progress"])
+  report = json.load(open(out2[:-4] + ".json"))
+  assert report["metrics"]["box_source"] == "layout"
+
+
+BAD = {
+    "missing reference": ["--reference", "{root}/nope.png"],
+    "empty reference": ["--reference", "{root}/empty.png"],
+    "unreadable reference": ["--reference", "{root}/junk.png"],
+    "strength out of range": ["--reference", "{root}/a.png", "--identity-strength", "1.5"],
+    "zero steps": ["--reference", "{root}/a.png", "--steps", "0"],
+    "zero frames": ["--reference", "{root}/a.png", "--frames", "0"],
+    "bad sampler": ["--reference", "{root}/a.png", "--sampler", "rk4"],
+    "box for unknown character": ["--character", "x={root}/a.png", "--box", "y=0,0,.5,.5"],
+    "missing box": ["--character", "x={root}/a.png", "--character", "y={root}/a.png",
+                    "--box", "x=0,0,.5,.5"],
+    "three boxes": ["--character", "x={root}/a.png", "--box", "x=0,0,.5,.5:0,0,.5,.5:0,0,.5,.5"],
+    "box out of range": ["--character", "x={root}/a.png", "--box", "x=0,0,1.5,.5"],
+    "too many references": ["--reference", "{root}/a.png", "{root}/a.png", "{root}/a.png"],
+    "not a number": ["--reference", "{root}/a.png", "--seed", "abc"],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_exit_2_one_line_files_untouched(setup, capsys, case):
+  root, video, _ = setup
+  out = str(root / "keep" / "clip.mp4")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  paths = list(sample.output_paths(out).values())
+  with open(paths[0], "wb") as f:                     # an existing output to protect
+    f.write(b"old")
+  before = _digest(paths)
+  argv = ["--workdir", video, "--prompt", "a person", "--out", out, "--overwrite",
+          "--no-progress"] + [a.format(root=root) for a in BAD[case]]
+  code, err = _run(argv, capsys)
+  assert code == 2
+  assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")
+  assert _digest(paths) == before
+
+
+def test_existing_output_needs_overwrite(setup, capsys):
+  root, video, _ = setup
+  out = str(root / "exists" / "clip.mp4")
+  os.makedirs(os.path.dirname(out))
+  json_path = out[:-4] + ".json"                      # only ONE of the outputs exists
+  open(json_path, "w").write("{}")
+  before = _digest([json_path])
+  code, err = _run(["--workdir", video, "--reference", str(root / "a.png"), "--prompt", "a",
+                    "--out", out], capsys)
+  assert code == 2 and "--overwrite" in err and len(err.strip().splitlines()) == 1
+  assert _digest([json_path]) == before and not os.path.exists(out)
+
+
+def test_workdir_without_checkpoint_subprocess(setup):
+  root, _, empty = setup
+  proc = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "sample.py"), "--workdir", empty, "--reference",
+       str(root / "a.png"), "--prompt", "a person", "--out", str(root / "none" / "c.mp4")],
+      capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 2
+  assert len(proc.stderr.strip().splitlines()) == 1 and "config.json" in proc.stderr
+  assert not os.path.exists(root / "none")

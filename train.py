@@ -1,0 +1,70 @@
+"""Trains a face encoder or the video model from a config file.
+
+  python train.py --config configs/face_encoder.py --workdir runs/demo/face
+  python train.py --config configs/tiny.py --workdir runs/demo/video [--config.key=value ...]
+
+Restarting with the same --workdir resumes from its latest checkpoint.
+SIGTERM / Ctrl-C save a checkpoint and exit 0. Several processes (one per
+host): --coordinator HOST:PORT --num-processes N --process-id I, or the
+environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+"""
+
+import argparse
+import sys
+
+from idjax import configlib
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise configlib.UsageError(message[:1].upper() + message[1:] + ".")
+
+
+def parse_args(argv):
+  """-> (config, args); `--config.a.b=v` overrides are applied to the config."""
+  p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
+  p.add_argument("--config", required=True, help="config file (configs/*.py)")
+  p.add_argument("--workdir", required=True, help="where checkpoints and logs go")
+  p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--num-processes", type=int, default=None)
+  p.add_argument("--process-id", type=int, default=None)
+  p.add_argument("--no-progress", action="store_true")
+  known, rest = p.parse_known_args(argv)
+  config = configlib.load_config_file(known.config)
+  leftover = configlib.parse_overrides(config, rest)
+  if leftover:
+    raise configlib.UsageError(f"Unrecognised argument {leftover[0]!r}.")
+  return config, known
+
+
+@configlib.exit_on_usage_error
+def main(argv):
+  config, args = parse_args(argv)
+  kind = config.get("kind", "video")
+  if kind not in ("video", "face_encoder"):
+    raise configlib.UsageError(f"config.kind must be 'video' or 'face_encoder', got {kind!r}.")
+
+  from idjax.train import distributed
+  settings = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
+  timeouts = config.get("train", {})
+  distributed.initialize(settings, init_timeout_s=timeouts.get("init_timeout_s", 300),
+                         heartbeat_timeout_s=timeouts.get("heartbeat_timeout_s", 100))
+
+  if kind == "face_encoder":
+    from idjax.face.train import train_face_encoder
+    train_face_encoder(config, args.workdir)
+    return 0
+
+  from idjax.train import trainer
+  try:
+    metrics = trainer.train(config, args.workdir, progress=not args.no_progress)
+  except trainer.TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  print(f"Trained to step {metrics['step']} in {args.workdir}"
+        + (f" (loss {metrics['loss']:.4f})." if "loss" in metrics else "."))
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))
