@@ -37,6 +37,7 @@ def get_config():
   config.model = ml_collections.ConfigDict()
   config.model.channels = 3
   config.model.patch_size = (1, 4, 4)    # (frames, height, width)
+  config.model.prediction = "clean"      # network output: "clean" clip (x0) or "velocity"
   # Width 96 / MLP ratio 2: ~1.5M params, ~0.73 GFLOPs forward per 8x32x32
   # clip, so the CPU demo trains in about ten minutes.
   config.model.width = 96
@@ -70,13 +71,14 @@ def get_config():
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0
   config.train.ema_decay = 0.99
-  config.train.t_logit_mean = 0.0
+  config.train.loss_weighting = "clean"  # "velocity" (plain v-MSE) or "clean" (x0-MSE)
+  config.train.t_logit_mean = 0.5        # > 0: more high-noise steps, where layout forms
   config.train.t_logit_std = 1.0
   config.train.text_dropout = 0.1
   config.train.identity_dropout = 0.1
   config.train.lambda_id = 0.1
   config.train.lambda_temporal = 0.5
-  config.train.id_loss_max_t = 0.5       # identity loss only where t <= this
+  config.train.id_loss_max_t = 0.6       # identity loss only where t <= this
   config.train.id_loss_frames = 4        # random subset of frames per clip
   config.train.log_every = 10
   config.train.checkpoint_every = 100

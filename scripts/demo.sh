@@ -10,10 +10,10 @@ stage() { printf '\n=== %s\n' "$*"; }
 t0=$(date +%s)
 
 stage "1/5 training face encoder (frozen f of the identity loss)"
-[ -f "$RUNS/face/verification.json" ] || $PY train.py --config configs/face_encoder.py --workdir "$RUNS/face"
+$PY train.py --config configs/face_encoder.py --workdir "$RUNS/face"
 
 stage "2/5 training the evaluation-only face encoder (other seed and width)"
-[ -f "$RUNS/face_eval/verification.json" ] || $PY train.py --config configs/face_encoder_eval.py --workdir "$RUNS/face_eval"
+$PY train.py --config configs/face_encoder_eval.py --workdir "$RUNS/face_eval"
 
 stage "3/5 training the tiny video model (configs/tiny.py)"
 $PY train.py --config configs/tiny.py --workdir "$RUNS/video" \
@@ -25,6 +25,6 @@ $PY sample.py --workdir "$RUNS/video" --reference "$RUNS"/heldout/ref_*.png \
   --prompt "$(cat "$RUNS/heldout/prompt.txt")" --out "$RUNS/sample/heldout.mp4" --seed 0 --overwrite
 
 stage "5/5 evaluating on held-out identities"
-$PY -m idjax.eval --workdir "$RUNS/video" --num-identities 8 --out "$RUNS/eval.json"
+$PY -m idjax.eval --workdir "$RUNS/video" --num-identities 8 --out "$RUNS/eval.json" --overwrite
 
 echo; echo "demo finished in $(( $(date +%s) - t0 ))s; outputs in $RUNS/"

@@ -301,3 +301,15 @@ def test_train_face_encoder_end_to_end(tmp_path):
   assert saved["32"]["accuracy"] == metrics["heldout_accuracy_32"]
   loaded = FrozenFaceEncoder.from_workdir(tmp_path)
   assert loaded.config.num_train_identities == 12
+
+
+def test_a_trained_encoder_is_never_retrained_over(tmp_path, monkeypatch):
+  """train.py on a finished face-encoder workdir reports it and changes nothing."""
+  from idjax.face import train as face_train
+  (tmp_path / "verification.json").write_text('{"64": {"accuracy": 0.9, "auc": 0.95}}')
+  before = (tmp_path / "verification.json").read_bytes()
+  def must_not_render(config):
+    raise AssertionError("retraining started")
+  monkeypatch.setattr(face_train, "build_training_set", must_not_render)
+  assert face_train.train_face_encoder(None, str(tmp_path)) == {"heldout_accuracy_64": 0.9}
+  assert (tmp_path / "verification.json").read_bytes() == before

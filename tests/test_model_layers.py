@@ -211,3 +211,18 @@ def test_bad_config_values_are_clear_errors():
   with pytest.raises(ValueError, match="patch size"):
     args = random_inputs(cfg, size=18)
     models.build_model(cfg).init(jax.random.key(0), *args)
+
+
+def test_clean_prediction_velocity_gives_back_the_clean_estimate():
+  """With prediction="clean", x_t - t * v recovers the network's x0 output
+  exactly where t >= MIN_T, and the velocity stays bounded below it."""
+  from idjax.models.dit import MIN_T, output_to_velocity
+  key = jax.random.key(0)
+  x = jax.random.normal(key, (3, 2, 4, 4, 3))
+  out = jax.random.normal(jax.random.fold_in(key, 1), x.shape)
+  t = jnp.array([0.9, 0.3, 0.01])
+  v = output_to_velocity(out, x, t, "clean")
+  x0_hat = x - t[:, None, None, None, None] * v
+  np.testing.assert_allclose(x0_hat[:2], out[:2], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(v[2], (x[2] - out[2]) / MIN_T, rtol=1e-6)
+  np.testing.assert_array_equal(output_to_velocity(out, x, t, "velocity"), out)

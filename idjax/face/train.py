@@ -183,6 +183,16 @@ def train_face_encoder(config, workdir) -> dict:
   resolution r: heldout_accuracy_r, heldout_auc_r (also in
   WORKDIR/verification.json with the fitted thresholds).
   """
+  done = os.path.join(workdir, "verification.json")
+  if os.path.exists(done):
+    # Like the video trainer resuming a finished run: never retrain over (and
+    # so overwrite) an encoder that other runs may already depend on.
+    with open(done) as f:
+      results = json.load(f)
+    print(f"face encoder in {workdir} is already trained (delete the folder to retrain): "
+          + ", ".join(f"{r}x{r} held-out accuracy {m['accuracy']:.4f}" for r, m in results.items()),
+          flush=True)
+    return {f"heldout_accuracy_{r}": m["accuracy"] for r, m in results.items()}
   os.makedirs(workdir, exist_ok=True)
   start = time.perf_counter()
   images, labels = build_training_set(config)

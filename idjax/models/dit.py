@@ -154,8 +154,8 @@ class VideoDiT(nn.Module):
     out = blocks.dense(pt * ph * pw * channels, ("embed", "conv_out"), zero_init=True,
                        name="unpatchify", **kw)(h)
     out = einops.rearrange(out, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
-                           h=grid[0], pt=pt, ph=ph, pw=pw)
-    return out.astype(jnp.float32)
+                           h=grid[0], pt=pt, ph=ph, pw=pw).astype(jnp.float32)
+    return output_to_velocity(out, x, t, cfg.get("prediction", "velocity"))
 
   def _route(self, identity, tokens, valid, kw):
     """The identity context for the blocks (see DiTBlock's docstring)."""
@@ -168,6 +168,28 @@ class VideoDiT(nn.Module):
                                               name="character_bank", **kw)(tokens, valid)
       return {"bank": bank, "bank_mask": mask}
     return route_by_masks(identity.face_masks, tokens, valid, routing, cfg.patch_size)
+
+
+# Smallest t the clean-prediction conversion divides by (as in JiT, Li & He
+# 2025): below it the velocity is that of t = MIN_T, so it stays bounded.
+MIN_T = 0.05
+
+
+def output_to_velocity(out, x, t, prediction: str):
+  """The network's raw output -> velocity v = noise - x0.
+
+  "velocity": the network predicts v directly. "clean": it predicts the clean
+  clip x0_hat and v = (x_t - x0_hat) / t. Clean prediction is what makes the
+  tiny CPU model work: the network only has to draw a smooth clip, instead of
+  also copying the input noise through every layer (which a velocity network
+  must learn before its samples stop looking like noise at high t).
+  """
+  if prediction == "velocity":
+    return out
+  if prediction != "clean":
+    raise ValueError(f"prediction must be 'velocity' or 'clean', got {prediction!r}.")
+  t = jnp.maximum(t.astype(jnp.float32), MIN_T).reshape((-1,) + (1,) * (x.ndim - 1))
+  return (x.astype(jnp.float32) - out) / t
 
 
 def build_model(model_config) -> VideoDiT:

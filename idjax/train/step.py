@@ -94,8 +94,8 @@ def make_train_step(config, model, encoder):
     strength = jnp.ones_like(mb["t"])
     v_hat = model.apply({"params": params}, x_t, mb["t"], mb["text_tokens"], identity,
                         strength, deterministic=False, rngs={"dropout": dropout_key})
-    denoise = jnp.mean(losses.denoising_loss(
-        v_hat, diffusion.velocity_target(mb["x0"], mb["noise"])))
+    per_example = losses.denoising_loss(v_hat, diffusion.velocity_target(mb["x0"], mb["noise"]))
+    denoise = jnp.mean(per_example * loss_weight(mb["t"]))
     metrics = dict(denoise_loss=denoise)
     total = denoise
     if lambda_id > 0:
@@ -111,6 +111,17 @@ def make_train_step(config, model, encoder):
       metrics.update(identity_loss=identity_loss, id_reference=terms["reference"],
                      id_temporal=terms["temporal"], id_active=jnp.mean(low_noise))
     return total, metrics
+
+  def loss_weight(t):
+    """"velocity": plain velocity MSE. "clean": velocity MSE times t^2, i.e.
+    the MSE of the clean estimate x0_hat = x_t - t v_hat; it does not let the
+    nearly-clean timesteps (1/t^2) drown the high-noise ones, where a small
+    model on a small budget must learn the clip's global layout."""
+    if tc.loss_weighting == "velocity":
+      return jnp.ones_like(t)
+    if tc.loss_weighting == "clean":
+      return jnp.square(t)
+    raise ValueError(f"train.loss_weighting must be 'velocity' or 'clean', got {tc.loss_weighting!r}.")
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
