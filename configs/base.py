@@ -20,6 +20,7 @@ def get_config():
   config.eval_encoder_workdir = "runs/base/face_eval"
   config.data.resolution = 128
   config.data.num_frames = 16
+  config.sample.num_frames = 16
   config.data.max_characters = 4
   config.data.reference_resolution = 64
 

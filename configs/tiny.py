@@ -1,4 +1,10 @@
-"""The tiny video model: trains on a 2-core CPU in about ten minutes.
+"""The tiny video model: trains on a 2-core CPU in about eight minutes.
+
+Budget choice: on 2 CPU cores the number of optimizer steps matters more than
+clip length, so the demo trains 1000 steps on batches of 8 four-frame clips
+rather than 300 steps of 16 eight-frame clips (same time, clearly better
+held-out FaceSim), and samples 8 frames: temporal RoPE carries it past the
+trained length.
 
   python train.py --config configs/tiny.py --workdir runs/demo/video
 
@@ -23,7 +29,7 @@ def get_config():
   config.data.source = "on_the_fly"      # or "tfds" (prepared ArrayRecord files)
   config.data.tfds_data_dir = ""
   config.data.resolution = 32
-  config.data.num_frames = 8
+  config.data.num_frames = 4             # trains on 4-frame clips, samples 8 (RoPE)
   config.data.max_characters = 1
   config.data.min_characters = 1
   config.data.num_references = 3
@@ -63,11 +69,11 @@ def get_config():
 
   # --- training (owner: train) ---
   config.train = ml_collections.ConfigDict()
-  config.train.steps = 300
-  config.train.batch_size = 16
+  config.train.steps = 1000
+  config.train.batch_size = 8
   config.train.grad_accum = 1
   config.train.lr = 1e-3
-  config.train.warmup_steps = 30
+  config.train.warmup_steps = 50
   config.train.weight_decay = 0.01
   config.train.grad_clip = 1.0
   config.train.ema_decay = 0.99
@@ -81,7 +87,7 @@ def get_config():
   config.train.id_loss_max_t = 0.6       # identity loss only where t <= this
   config.train.id_loss_frames = 4        # random subset of frames per clip
   config.train.log_every = 10
-  config.train.checkpoint_every = 100
+  config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2
   config.train.sample_every = 0          # 0: only at the end
   config.train.max_nonfinite_steps = 5
@@ -98,7 +104,7 @@ def get_config():
   config.sample.identity_strength = 0.8
   config.sample.text_guidance = 1.0
   config.sample.identity_guidance = 1.0
-  config.sample.num_frames = config.data.get_ref("num_frames")
+  config.sample.num_frames = 8           # may exceed data.num_frames (RoPE)
   config.sample.shift = 1.0              # timestep-grid shift; < 1 puts steps at low noise
   # Examples per device per model call. Bit-identical frames on any mesh hold
   # for equal values (see idjax/sampling/generator.py); raise on accelerators.

@@ -80,6 +80,7 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
   last = parts[-1]
   if not isinstance(node, ml_collections.ConfigDict) or last not in node:
     raise UsageError(f"--config.{key}: unknown config key {key!r}.")
+  # Fields linked with `get_ref` share one value: overriding one moves all.
   with node.ignore_type():
     node[last] = _coerce(key, node[last], text)
 

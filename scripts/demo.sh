@@ -22,6 +22,7 @@ $PY train.py --config configs/tiny.py --workdir "$RUNS/video" \
 stage "4/5 sampling a held-out identity from its references"
 $PY -m idjax.data.references --out "$RUNS/heldout" --resolution 32
 $PY sample.py --workdir "$RUNS/video" --reference "$RUNS"/heldout/ref_*.png \
+  --box main=0.2,0.25,0.7,0.75:0.3,0.3,0.8,0.8 \
   --prompt "$(cat "$RUNS/heldout/prompt.txt")" --out "$RUNS/sample/heldout.mp4" --seed 0 --overwrite
 
 stage "5/5 evaluating on held-out identities"

@@ -126,3 +126,13 @@ def test_shipped_configs_load():
     c = configlib.load_config_file(str(pathlib.Path(__file__).parent.parent / path))
     assert c.kind == "video"
     assert sharding.rules_from_config(c.sharding.rules) == sharding.DEFAULT_RULES
+
+
+
+def test_override_of_a_linked_field_moves_the_link():
+  c = ml_collections.ConfigDict()
+  c.data = ml_collections.ConfigDict(dict(frames=8))
+  c.model = ml_collections.ConfigDict()
+  c.model.frames = c.data.get_ref("frames")  # as configs/tiny.py links them
+  configlib.parse_overrides(c, ["--config.data.frames=4"])
+  assert (c.data.frames, c.model.frames) == (4, 4)

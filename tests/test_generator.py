@@ -32,6 +32,7 @@ def tiny_config():
   cfg = _load("tiny")
   cfg.data.resolution = 16
   cfg.data.num_frames = 2
+  cfg.sample.num_frames = 2
   cfg.data.reference_resolution = 16
   cfg.data.num_references = 2
   cfg.model.width = 32
