@@ -14,7 +14,6 @@ OUT.json (arguments, seed, timings and, when the config's evaluation encoder
 exists, FaceSim metrics). Existing outputs are kept unless --overwrite.
 """
 
-import argparse
 import json
 import os
 import sys
@@ -27,13 +26,8 @@ from idjax import configlib
 MAIN = "main"
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise configlib.UsageError(message[:1].upper() + message[1:] + ".")
-
-
 def parse_args(argv):
-  p = _Parser(prog="sample.py", description=__doc__.splitlines()[0])
+  p = configlib.ArgumentParser(prog="sample.py", description=__doc__.splitlines()[0])
   p.add_argument("--workdir", required=True, help="trained video workdir")
   p.add_argument("--prompt", required=True)
   p.add_argument("--out", required=True, help="output .mp4 (the .gif/.png/.json go beside it)")

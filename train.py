@@ -9,20 +9,14 @@ host): --coordinator HOST:PORT --num-processes N --process-id I, or the
 environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
 """
 
-import argparse
 import sys
 
 from idjax import configlib
 
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise configlib.UsageError(message[:1].upper() + message[1:] + ".")
-
-
 def parse_args(argv):
   """-> (config, args); `--config.a.b=v` overrides are applied to the config."""
-  p = _Parser(prog="train.py", description=__doc__.splitlines()[0])
+  p = configlib.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
   p.add_argument("--config", required=True, help="config file (configs/*.py)")
   p.add_argument("--workdir", required=True, help="where checkpoints and logs go")
   p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")

@@ -7,6 +7,7 @@ config, so `--config.train.steps=abc` is refused rather than silently kept as
 a string.
 """
 
+import argparse
 import ast
 import importlib.util
 import json
@@ -18,6 +19,13 @@ import ml_collections
 
 class UsageError(ValueError):
   """A mistake in what the user asked for: reported in one sentence, exit code 2."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse whose mistakes are UsageErrors (one sentence, exit 2), not its own exit."""
+
+  def error(self, message):
+    raise UsageError(message[:1].upper() + message[1:] + ".")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
