@@ -192,7 +192,10 @@ def _write_samples(config, workdir, step, num=2):
   from idjax.data.world import render_clip
   from idjax.sampling.generator import Generator
   from idjax.sampling import video_io
-  world = world_config(config.data)
+  # Rendered at the sampling length (which may exceed the trained one), so
+  # the real clips' box trajectories have one box per generated frame.
+  frames = int(config.sample.num_frames)
+  world = dataclasses.replace(world_config(config.data), num_frames=frames)
   clips = [render_clip(world, config.data.seed + 1, i, split="heldout") for i in range(num)]
   prompts = [c["prompt"] for c in clips]
   references = [[list(c["references"][j]) for j in range(len(c["references"]))
@@ -200,7 +203,7 @@ def _write_samples(config, workdir, step, num=2):
   layout = [[c["boxes"][j] for j in range(len(c["boxes"])) if c["character_valid"][j]]
             for c in clips]
   out = Generator.from_workdir(workdir).generate(
-      prompts, references, layout=layout, seed=step, progress=False)
+      prompts, references, num_frames=frames, layout=layout, seed=step, progress=False)
   folder = os.path.join(workdir, "samples")
   os.makedirs(folder, exist_ok=True)
   for i, frames in enumerate(out["frames"]):
