@@ -1,7 +1,7 @@
 """A real-scale video model for TPU pods and GPU clusters (DiT-XL-like width).
 
-28 blocks of width 1152 on 4x8x8 spacetime patches of 256x256 clips (or of a
-video VAE's latents), bf16 compute, f32 parameters, fsdp-sharded.
+28 blocks of width 1152 on 2x8x8 spacetime patches of 16x128x128 clips (or
+of a video VAE's latents), bf16 compute, f32 parameters, fsdp-sharded.
 """
 
 import ml_collections
@@ -22,6 +22,7 @@ def get_config():
   config.data.num_frames = 16
   config.sample.num_frames = 16
   config.data.max_characters = 4
+  config.data.text_len = 64             # 4-character prompts reach 59 words
   config.data.reference_resolution = 64
 
   config.model.patch_size = (2, 8, 8)

@@ -196,3 +196,56 @@ def test_character_bank_layout():
   chex.assert_shape(bank2, (2, 12, 8))
   with pytest.raises(ValueError, match="max_characters"):
     bank_mod.init(jax.random.key(0), jnp.zeros((1, 5, 4, 8)), jnp.ones((1, 5), bool))
+
+
+def _layout_inputs(masks, char_valid):
+  b, c = char_valid.shape
+  return identity.IdentityInputs(
+      ref_embeddings=jnp.zeros((b, c, 1, 4)), ref_features=jnp.zeros((b, c, 1, 1, 4)),
+      ref_valid=jnp.ones((b, c, 1), bool), char_valid=jnp.asarray(char_valid),
+      face_masks=jnp.asarray(masks))
+
+
+def test_layout_map_gives_face_relative_coordinates():
+  """A hard rectangle of rows 4..11, columns 2..9 on 16x16: coverage 1 inside,
+  u and v are (coord - centre) / (2 std) of the rectangle, zero outside."""
+  masks = np.zeros((1, 1, 2, 16, 16), np.float32)
+  masks[..., 4:12, 2:10] = 1
+  got = np.asarray(dit.layout_map(_layout_inputs(masks, np.ones((1, 1), bool)),
+                                  jnp.ones((1,)), (1, 2, 16, 16, 3)))
+  chex.assert_shape(got, (1, 2, 16, 16, 3))
+  centres = (np.arange(16) + 0.5) / 16
+  rows, cols = centres[4:12], centres[2:10]
+  u = (centres - rows.mean()) / (2 * rows.std() + 1e-3)
+  v = (centres - cols.mean()) / (2 * cols.std() + 1e-3)
+  inside = masks[0, 0, 0] > 0
+  np.testing.assert_array_equal(got[0, 1, ..., 0], masks[0, 0, 0])
+  np.testing.assert_allclose(got[0, 0, ..., 1], np.where(inside, u[:, None], 0), atol=1e-5)
+  np.testing.assert_allclose(got[0, 0, ..., 2], np.where(inside, v[None, :], 0), atol=1e-5)
+  # The extreme rows of an 8-row rectangle sit at +-3.5 / (2 sqrt(63 / 12)) = +-0.76
+  # (the 1e-3 keeps a one-pixel face finite).
+  edge = (3.5 / 16) / (2 * np.sqrt(63 / 12) / 16 + 1e-3)
+  np.testing.assert_allclose(got[0, 0, [4, 11], 5, 1], [-edge, edge], atol=1e-5)
+
+
+def test_layout_map_is_zero_without_a_usable_layout():
+  masks = np.zeros((3, 2, 1, 8, 8), np.float32)
+  masks[:, 0, :, 2:6, 2:6] = 1
+  masks[:, 1, :, 0:4, 4:8] = 1
+  masks[1] = 1.0                                    # all-ones: "no layout given"
+  valid = np.array([[True, False], [True, True], [True, True]])
+  strength = jnp.array([1.0, 1.0, 0.0])
+  got = np.asarray(dit.layout_map(_layout_inputs(masks, valid), strength, (3, 1, 8, 8, 3)))
+  np.testing.assert_array_equal(got[0, ..., 0], masks[0, 0])   # invalid character 1 left out
+  np.testing.assert_array_equal(got[1], 0.0)                   # all-ones masks
+  np.testing.assert_array_equal(got[2], 0.0)                   # identity_strength 0
+  none = dit.layout_map(None, None, (3, 1, 8, 8, 3))
+  np.testing.assert_array_equal(np.asarray(none), 0.0)
+
+
+def test_train_masks_are_the_sampling_masks():
+  """The trainer's jnp masks from boxes equal the sampler's NumPy masks."""
+  from idjax.sampling import layout
+  boxes = np.array([[[0.1, 0.2, 0.6, 0.7], [0.3, 0.35, 0.9, 0.8], [0, 0, 0, 0]]], np.float32)
+  np.testing.assert_allclose(np.asarray(layout.face_masks(boxes, 32, 32, xp=jnp)),
+                             layout.face_masks(boxes, 32, 32), atol=1e-6)

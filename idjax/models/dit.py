@@ -62,6 +62,45 @@ def pool_masks(face_masks, patch_size):
                        "b c (t pt) (h ph) (w pw) -> b t (h w) c", "mean", pt=pt, ph=ph, pw=pw)
 
 
+LAYOUT_CHANNELS = 3
+
+
+def layout_map(identity, strength, shape):
+  """Where the faces are, as extra input channels [B, T, H, W, 3].
+
+  Per character c with face mask m_c: coverage m_c and the face-relative
+  coordinates m_c * u_c, m_c * v_c, with (u, v) = (y - centre) / (2 std) of
+  the mask (about -1..1 across an ellipse), summed over characters. With
+  them a token knows where inside a face it lies, so drawing eyes, hair and
+  mouth is a local function of (u, v) and the identity tokens, instead of
+  something the attention must work out from the mask's edges.
+
+  Zero when there is no identity, for characters that are not valid, for
+  samples with identity_strength 0 (so these match identity=None exactly and
+  the CFG null condition has no layout) and for all-ones masks, which mean
+  "no layout given" (the trainer's mask dropout, sampling without boxes).
+  """
+  if identity is None or identity.face_masks is None:
+    return jnp.zeros(shape[:4] + (LAYOUT_CHANNELS,), jnp.float32)
+  m = identity.face_masks.astype(jnp.float32)                         # [B,C,T,H,W]
+  _, _, _, height, width = m.shape
+  ys = (jnp.arange(height, dtype=jnp.float32) + 0.5)[:, None] / height
+  xs = (jnp.arange(width, dtype=jnp.float32) + 0.5)[None, :] / width
+  total = jnp.maximum(jnp.sum(m, axis=(-2, -1), keepdims=True), 1e-6)
+
+  def relative(coord):
+    mean = jnp.sum(m * coord, axis=(-2, -1), keepdims=True) / total
+    var = jnp.sum(m * jnp.square(coord - mean), axis=(-2, -1), keepdims=True) / total
+    return (coord - mean) / (2.0 * jnp.sqrt(var) + 1e-3)
+
+  given = jnp.min(m, axis=(-2, -1), keepdims=True) < 0.5               # not all-ones
+  on = (identity.char_valid[:, :, None, None, None] & given
+        & (strength > 0)[:, None, None, None, None])
+  m = jnp.where(on, m, 0.0)
+  channels = jnp.stack([m, m * relative(ys), m * relative(xs)], axis=-1)  # [B,C,T,H,W,3]
+  return jnp.sum(channels, axis=1)
+
+
 def route_by_masks(face_masks, tokens, valid, routing, patch_size):
   """The routed identity context (see blocks.IdentityAttention).
 
@@ -109,16 +148,23 @@ class VideoDiT(nn.Module):
                        f"{tuple(cfg.patch_size)}.")
     grid = (height // ph, width // pw)
 
-    # Patchify and embed.
-    tokens = einops.rearrange(x.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
-                              pt=pt, ph=ph, pw=pw)
-    h = blocks.dense(cfg.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
-    h = nn.with_logical_constraint(h, ("batch", "frames", "patches", "embed"))
+    # Identity strength (also gates the layout channels).
+    strength = None
+    if identity is not None:
+      strength = (jnp.ones((b,), dtype) if identity_strength is None
+                  else jnp.asarray(identity_strength, dtype).reshape(b))
 
     # Timestep conditioning.
     cond = timestep_embedding(t, 256).astype(dtype)
     cond = blocks.dense(cfg.width, (None, "embed"), name="time_fc1", **kw)(cond)
     cond = blocks.dense(cfg.width, ("mlp", "embed"), name="time_fc2", **kw)(nn.silu(cond))
+
+    # Patchify the clip together with its layout channels, and embed.
+    x_in = jnp.concatenate([x.astype(jnp.float32), layout_map(identity, strength, x.shape)], -1)
+    tokens = einops.rearrange(x_in.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
+                              pt=pt, ph=ph, pw=pw)
+    h = blocks.dense(cfg.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
+    h = nn.with_logical_constraint(h, ("batch", "frames", "patches", "embed"))
 
     # Text.
     if text_embeddings is None:
@@ -129,11 +175,9 @@ class VideoDiT(nn.Module):
                    else jnp.ones(text.shape[:2], bool))
 
     # Identity.
-    ident, strength = None, None
+    ident = None
     if identity is not None:
       id_tokens, valid = identity_lib.IdentityEncoder(cfg, name="identity")(identity)
-      strength = (jnp.ones((b,), dtype) if identity_strength is None
-                  else jnp.asarray(identity_strength, dtype).reshape(b))
       ident = self._route(identity, id_tokens, valid, kw)
 
     # Blocks.

@@ -5,6 +5,8 @@ ignores elementwise work (norms, activations, softmax, RoPE), which is small
 next to the matmuls at useful widths. Tested against XLA's cost analysis.
 """
 
+from idjax.models.dit import LAYOUT_CHANNELS
+
 
 def _dense(tokens, d_in, d_out):
   return 2.0 * tokens * d_in * d_out
@@ -40,7 +42,7 @@ def forward_flops(model_config, batch, frames, height, width, text_len, num_char
   total = 0.0
 
   # Patch embed, timestep MLP, final adaLN + unpatchify.
-  total += _dense(n, pt * ph * pw * cfg.channels, d)
+  total += _dense(n, pt * ph * pw * (cfg.channels + LAYOUT_CHANNELS), d)  # clip + layout map
   total += _dense(batch, 256, d) + _dense(batch, d, d)
   total += _dense(batch, d, 2 * d) + _dense(n, d, pt * ph * pw * cfg.channels)
 

@@ -5,11 +5,12 @@ A character's layout is a box trajectory over the clip, boxes being float
   [4]      one box for every frame,
   [2, 4]   a start and an end box, linearly interpolated over the frames,
   [T, 4]   one box per frame (e.g. the boxes of a rendered clip).
-Face masks are soft-edged ellipses inscribed in the boxes: the data world's
-masks cover the head (face plus hair), which is an ellipse-like blob filling
-its square box, so an inscribed ellipse routes identity to the same region
-the model saw in training. The soft edge (about a pixel) keeps masks of
-sub-pixel moves from jumping.
+Face masks are soft-edged ellipses inscribed in the boxes, in training and
+in sampling alike: the trainer builds its masks from the clip's boxes with
+this same function, so the model never sees a mask it could not be given at
+sampling time (the data world's pixel-exact head masks would leak the hair
+style). The soft edge (about a pixel) keeps masks of sub-pixel moves from
+jumping.
 """
 
 import numpy as np
@@ -68,32 +69,37 @@ def layout_boxes(layout, num_characters, max_characters: int, num_frames: int) -
 
 
 def face_masks(boxes, height: int, width: int, shape: str = "ellipse",
-               softness: float = 1.0) -> np.ndarray:
+               softness: float = 1.0, xp=np):
   """Soft masks of the boxes on the pixel grid.
+
+  The trainer builds its masks with this same function (xp=jax.numpy) from
+  the clip's boxes, so the model sees the same kind of mask in training and
+  in sampling.
 
   Args:
     boxes: float [..., 4] fractions (y0, x0, y1, x1).
     height, width: the frame's pixel grid.
     shape: "ellipse" (inscribed in the box) or "box".
     softness: width of the edge ramp in pixels.
+    xp: the array module (numpy, or jax.numpy inside a jitted function).
 
   Returns:
     float32 [..., H, W] in [0, 1]; an all-zero box gives an all-zero mask.
   """
-  boxes = np.asarray(boxes, np.float32)
+  boxes = xp.asarray(boxes, xp.float32)
   y0, x0, y1, x1 = [boxes[..., i, None, None] * s for i, s in
                     zip(range(4), (height, width, height, width))]  # pixels
-  ys = (np.arange(height, dtype=np.float32) + 0.5)[:, None]
-  xs = (np.arange(width, dtype=np.float32) + 0.5)[None, :]
+  ys = (xp.arange(height, dtype=xp.float32) + 0.5)[:, None]
+  xs = (xp.arange(width, dtype=xp.float32) + 0.5)[None, :]
   if shape == "ellipse":
     cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-    ry, rx = np.maximum((y1 - y0) / 2, 1e-6), np.maximum((x1 - x0) / 2, 1e-6)
-    radius = np.sqrt(((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2)
-    inside = (1.0 - radius) * np.minimum(ry, rx)   # ~ signed distance in pixels
+    ry, rx = xp.maximum((y1 - y0) / 2, 1e-6), xp.maximum((x1 - x0) / 2, 1e-6)
+    radius = xp.sqrt(((ys - cy) / ry) ** 2 + ((xs - cx) / rx) ** 2)
+    inside = (1.0 - radius) * xp.minimum(ry, rx)   # ~ signed distance in pixels
   elif shape == "box":
-    inside = np.minimum(np.minimum(ys - y0, y1 - ys), np.minimum(xs - x0, x1 - xs))
+    inside = xp.minimum(xp.minimum(ys - y0, y1 - ys), xp.minimum(xs - x0, x1 - xs))
   else:
     raise ValueError(f"Unknown mask shape {shape!r}; expected 'ellipse' or 'box'.")
-  mask = np.clip(inside / softness + 0.5, 0.0, 1.0)
+  mask = xp.clip(inside / softness + 0.5, 0.0, 1.0)
   empty = (y1 <= y0) | (x1 <= x0)
-  return np.where(empty, 0.0, mask).astype(np.float32)
+  return xp.where(empty, 0.0, mask).astype(xp.float32)

@@ -17,6 +17,7 @@ from idjax import diffusion, losses
 from idjax.face.crop import crop_and_resize
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
+from idjax.sampling import layout
 from idjax.train.state import TrainState, ema_update, make_optimizer
 
 
@@ -77,7 +78,9 @@ def make_train_step(config, model, encoder):
     r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape)
     ref_emb, ref_fmap = encode_references(encoder, encoder_params, batch["references"])
     char_valid = batch["character_valid"] & ~r["drop_identity"][:, None]
-    masks = batch["masks"].astype(jnp.float32)
+    # Masks from the boxes, exactly as sampling builds them from a layout.
+    height, width = x0.shape[2:4]
+    masks = layout.face_masks(batch["boxes"], height, width, xp=jnp)
     # Mask dropout: all-ones masks teach the model to place the face itself,
     # as it must when sampling without a layout.
     masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)

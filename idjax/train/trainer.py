@@ -256,9 +256,12 @@ def train(config, workdir, *, model=None, encoder=None, batches=None, stop_at=No
   tick, tick_step = time.perf_counter(), step
   try:
     with _StopFlag() as stop:
+      batch = batches.batch_at(step)
       while step < tc.steps:
-        state, metrics = setup.run_step(state, batches.batch_at(step), encoder_params)
+        state, metrics = setup.run_step(state, batch, encoder_params)
         step += 1
+        # The step runs asynchronously: render the next batch meanwhile.
+        batch = batches.batch_at(step) if step < tc.steps else None
         nonfinite = int(host_value(metrics["nonfinite"]))
         if watchdog:
           watchdog.beat()
