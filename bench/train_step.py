@@ -3,6 +3,8 @@ machine's measured matmul FLOP/s (MFU), memory and compile time; then memory
 and step time as the number of frames grows, with and without remat.
 
   python bench/train_step.py [--quick] [--config configs/tiny.py] [--out bench/results/train_step.json]
+  python bench/train_step.py --config configs/base.py --config.train.batch_size=16 \
+      --measure config --out bench/results/train_step_base_h200_b16.json   # one GPU
 
 Runs on whatever JAX finds (CPU, one GPU, a TPU host); the model's dtype and
 attention kernel come from the config (configs/base.py: bf16 + cuDNN). The
@@ -32,9 +34,10 @@ from idjax.models import build_model  # noqa: E402
 from idjax.train import trainer  # noqa: E402
 
 
-def matmul_flops_per_s(n: int, repeats: int = 3) -> float:
-  """Measured f32 matmul throughput: the machine's practical peak."""
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+def matmul_flops_per_s(n: int, dtype, repeats: int = 3) -> float:
+  """Measured matmul throughput in the model's compute dtype: the machine's
+  practical peak (bf16 tensor cores on a GPU, f32 on a CPU)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32).astype(dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   times = []
@@ -123,7 +126,8 @@ def main(argv):
   p.add_argument("--out", default="bench/results/train_step.json")
   p.add_argument("--quick", action="store_true", help="small batches, fewer steps")
   p.add_argument("--frames", default="8,16,32,64")
-  p.add_argument("--sweep-only", action="store_true", help="skip the tiny/medium comparison")
+  p.add_argument("--measure", default="config,medium,frames",
+                 help="what to run: the config itself, a medium-width copy, the frames sweep")
   args, rest = p.parse_known_args(argv)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   base = configlib.load_config_file(args.config)
@@ -132,11 +136,16 @@ def main(argv):
       if jax.device_count() == 1 else base.mesh
   encoder = random_encoder(root)
   steps = 2 if args.quick else 5
-  n = 1024 if args.quick and jax.default_backend() == "cpu" else 4096
-  peak = matmul_flops_per_s(n)
+  measure_what = set(args.measure.split(","))
+  if not measure_what <= {"config", "medium", "frames"}:
+    raise SystemExit(f"--measure takes config, medium and frames, got {args.measure!r}")
+  on_cpu = jax.default_backend() == "cpu"
+  n = 1024 if args.quick and on_cpu else (4096 if on_cpu else 8192)
+  dtype = jnp.dtype(base.model.dtype)
+  peak = matmul_flops_per_s(n, dtype)
   result = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
                 num_devices=jax.device_count(), matmul_flops_per_s=peak, matmul_n=n,
-                configs={}, frames_sweep=[])
+                matmul_dtype=dtype.name, config=args.config, configs={}, frames_sweep=[])
 
   def save():  # after every measurement, so a cut-short run leaves its numbers
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -151,16 +160,21 @@ def main(argv):
           f"{r['compile_s']:.1f} s  temp {r['compiled_temp_mib'] or 0:.0f} MiB  "
           f"rss {r['peak_rss_mib_so_far']:.0f} MiB", flush=True)
 
-  print(f"matmul {n}x{n} f32: {peak/1e9:.1f} GFLOP/s on {result['device']}", flush=True)
+  print(f"matmul {n}x{n} {dtype.name}: {peak/1e9:.1f} GFLOP/s on {result['device']}", flush=True)
   medium = base.copy_and_resolve_references()
   medium.model.width, medium.model.depth, medium.model.num_heads = 256, 6, 8
-  batch = 4 if args.quick else base.train.batch_size
-  for name, cfg in () if args.sweep_only else (("tiny", base), ("medium", medium)):
+  runs = {"config": (os.path.splitext(os.path.basename(args.config))[0], base),
+          "medium": ("medium", medium)}
+  for what in ("config", "medium"):
+    if what not in measure_what:
+      continue
+    name, cfg = runs[what]
     cfg = cfg.copy_and_resolve_references()
-    cfg.train.batch_size = batch
+    if args.quick:
+      cfg.train.batch_size = 4
     result["configs"][name] = r = measure(cfg, encoder, steps)
     report(name, r)
-  for frames in [int(f) for f in args.frames.split(",")]:
+  for frames in [int(f) for f in args.frames.split(",")] if "frames" in measure_what else []:
     for remat in ("none", "full"):
       cfg = base.copy_and_resolve_references()
       cfg.data.num_frames, cfg.model.remat_policy = frames, remat

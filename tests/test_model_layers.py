@@ -136,6 +136,33 @@ def test_fully_masked_rows_are_zero_with_finite_gradients():
   np.testing.assert_allclose(out[0, 2], k[0, 0], rtol=1e-6)
   grad = jax.grad(lambda q: attention.dot_product_attention(q, k, k, mask).sum())(q)
   assert np.isfinite(np.asarray(grad)).all()
+  # The fully-masked row adds nothing to any gradient: dq is zero there, and dk
+  # equals the gradient of attention with that row left out.
+  np.testing.assert_array_equal(grad[:, 1], 0.0)
+  rows = jnp.array([0, 2])
+  dk = jax.grad(lambda k: attention.dot_product_attention(q, k, k, mask).sum())(k)
+  dk_without = jax.grad(lambda k: attention.dot_product_attention(
+      q[:, rows], k, k, mask[:, :, rows]).sum())(k)
+  np.testing.assert_allclose(dk, dk_without, atol=1e-6)
+
+
+@pytest.mark.parametrize("lq,lk,causal,with_mask", [
+    (3, 5, False, True), (4, 51, False, True), (5, 5, True, False), (7, 7, True, True),
+    (3, 4, False, False)])
+def test_even_length_padding_for_cudnn_changes_nothing(lq, lk, causal, with_mask):
+  # The cuDNN path pads odd lengths; run that padding through XLA and compare
+  # values and gradients with unpadded attention.
+  q = jax.random.normal(jax.random.key(0), (2, lq, 2, 8))
+  k = jax.random.normal(jax.random.key(1), (2, lk, 2, 8))
+  v = jax.random.normal(jax.random.key(2), (2, lk, 2, 8))
+  mask = jax.random.bernoulli(jax.random.key(3), 0.6, (2, 2, lq, lk)) if with_mask else None
+  plain = lambda q, k, v: jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=causal)
+  padded = lambda q, k, v: attention._attend_even_lengths(q, k, v, mask, causal, "xla")
+  np.testing.assert_allclose(padded(q, k, v), plain(q, k, v), atol=1e-6)
+  loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+  for g_pad, g_plain in zip(jax.grad(loss(padded), (0, 1, 2))(q, k, v),
+                            jax.grad(loss(plain), (0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(g_pad, g_plain, atol=1e-5)
 
 
 def test_rope_scores_depend_only_on_relative_position():

@@ -42,15 +42,52 @@ def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation
     is what makes "no text", "no identity" and "outside every face" null
     updates.
   """
-  if mask is not None:
+  if mask is None:
+    any_key, attend_mask = None, None
+  else:
     mask = jnp.broadcast_to(mask, (q.shape[0], q.shape[2], q.shape[1], k.shape[1]))
-  out = jax.nn.dot_product_attention(
-      q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
-  if mask is not None:
-    any_key = jnp.any(mask, axis=-1)                       # [B, N, Lq]
-    any_key = jnp.transpose(any_key, (0, 2, 1))[..., None]  # [B, Lq, N, 1]
-    out = jnp.where(any_key, out, jnp.zeros_like(out))
+    any_key = jnp.any(mask, axis=-1, keepdims=True)        # [B, N, Lq, 1]
+    # A row with no allowed key attends to every key instead, and is zeroed
+    # below. Its zero cotangent then adds nothing to any gradient, whereas
+    # cuDNN's backward pass gives NaN in dq for a fully-masked row (seen on
+    # an H200, jax 0.11.2: scripts/check_cudnn_attention.py).
+    attend_mask = mask | ~any_key
+  if implementation == "cudnn":
+    out = _attend_even_lengths(q, k, v, attend_mask, is_causal, implementation)
+  else:
+    out = jax.nn.dot_product_attention(
+        q, k, v, mask=attend_mask, is_causal=is_causal, implementation=implementation)
+  if any_key is not None:
+    keep = jnp.transpose(any_key[..., 0], (0, 2, 1))[..., None]  # [B, Lq, N, 1]
+    out = jnp.where(keep, out, jnp.zeros_like(out))
   return out
+
+
+def _attend_even_lengths(q, k, v, mask, is_causal, implementation):
+  """Attention with both sequence lengths padded to even.
+
+  cuDNN's flash kernel refuses a mask (a bias, to it) in training when a
+  length is odd, and ours are often odd (3 references x 17 cells = 51 keys).
+  The extra key is masked out, so real rows are unchanged; the extra query row
+  sees every key (a fully-masked pad row could put NaN into the backward
+  pass) and is sliced away.
+  """
+  lq, lk = q.shape[1], k.shape[1]
+  pad_q, pad_k = lq % 2, lk % 2
+  if is_causal:          # causal needs Lq == Lk; the pad key sits after every real query
+    pad_q = pad_k = max(pad_q, pad_k)
+  if not (pad_q or pad_k):
+    return jax.nn.dot_product_attention(
+        q, k, v, mask=mask, is_causal=is_causal, implementation=implementation)
+  if mask is None:
+    mask = jnp.ones((q.shape[0], q.shape[2], lq, lk), bool)
+  seq_pad = lambda x, n: jnp.pad(x, ((0, 0), (0, n), (0, 0), (0, 0)))
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, 0), (0, pad_k)), constant_values=False)
+  mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad_q), (0, 0)), constant_values=True)
+  out = jax.nn.dot_product_attention(
+      seq_pad(q, pad_q), seq_pad(k, pad_k), seq_pad(v, pad_k), mask=mask,
+      is_causal=is_causal, implementation=implementation)
+  return out[:, :lq]
 
 
 class HeadProjection(nn.Module):
