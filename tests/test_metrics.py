@@ -129,3 +129,25 @@ def test_protocol_ceiling_and_floor(scorer):
   assert rows["floor"]["face_sim"] == pytest.approx(floor, abs=1e-6)
   assert result["position"]["generated (refs+text)"] == pytest.approx(1.0)
   assert "FaceSim" in benchmark.format_table(result)
+  # Identification, against the clips' own embeddings: refs+text got the real clips.
+  ref_means = np.stack([metrics.reference_mean(scorer.embed_references(c["references"][0]))
+                        for c in clips[:3]])
+  own = metrics.identification(np.stack([scorer.clip_embeddings(c["frames"], c["boxes"][0])
+                                         for c in clips[:3]]), ref_means)
+  assert rows["ceiling"]["identified"] == pytest.approx(np.mean(own))
+  assert rows["generated (refs+text)"]["identified"] == rows["ceiling"]["identified"]
+  assert "identified (of 3)" in benchmark.format_table(result)
+
+
+def test_identification_is_top1_among_the_identities():
+  refs = np.eye(3, 4)                                   # identity i points along axis i
+  clips = np.stack([np.tile(v, (2, 1)) for v in (
+      [1.0, 0.2, 0.0, 0.0],                             # clip 0: clearly identity 0
+      [0.9, 0.5, 0.0, 0.0],                             # clip 1: closer to identity 0 -> wrong
+      [0.0, 0.1, 0.3, 0.9])])                           # clip 2: nearest identity 2 (axis 3 is no one)
+  np.testing.assert_array_equal(metrics.identification(clips, refs), [True, False, True])
+  # Frames count as unit vectors: one long frame toward identity 0 loses to two
+  # short ones toward identity 1 (a raw mean would pick identity 0).
+  mixed = np.array([[[10.0, 0, 0, 0], [0, 1.0, 0, 0], [0, 1.0, 0, 0]],
+                    [[0, 1.0, 0, 0]] * 3])
+  np.testing.assert_array_equal(metrics.identification(mixed, np.eye(2, 4)), [False, True])

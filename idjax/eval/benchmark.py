@@ -11,7 +11,9 @@ reference portraits and the face-box trajectory (used as the layout). Then:
              identities, e.g. refs + text and text only.
 
 All FaceSim values use the evaluation encoder and the real clip's boxes, so
-real and generated clips are scored on the same face regions.
+real and generated clips are scored on the same face regions. "identified" is
+top-1 identification among the N identities: whether the clip's face is
+closer to its own identity's references than to any other's.
 """
 
 import time
@@ -64,8 +66,11 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
     num_frames: T (default config.sample.num_frames).
 
   Returns:
-    dict(rows: {name: {face_sim, temporal_consistency, drift, diversity}} for
-    "ceiling", every variant and "floor"; per_identity: lists of FaceSim;
+    dict(rows: {name: {face_sim, identified, temporal_consistency, drift,
+    diversity}} for "ceiling", every variant and "floor" (identified: the
+    fraction of clips a face-recognition system names correctly among the N
+    identities; for "floor" it is how often someone else is taken for the
+    person); per_identity: lists of FaceSim;
     position: {variant: (FaceSim - floor) / (ceiling - floor)}; identities,
     prompts, timings).
   """
@@ -86,10 +91,9 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   boxes = [clips[i]["boxes"][0] for i in range(n)]               # [T, 4]
   prompts = [clips[i]["prompt"] for i in range(n)]
 
-  per_identity = {"ceiling": [_score(scorer, clips[i]["frames"], boxes[i], refs[i])
-                              for i in range(n)]}
-  per_identity["floor"] = [_score(scorer, clips[i + 1]["frames"], clips[i + 1]["boxes"][0], refs[i])
-                           for i in range(n)]
+  # name -> per identity, (frames, boxes) of the clip scored against refs[i].
+  scored = {"ceiling": [(clips[i]["frames"], boxes[i]) for i in range(n)],
+            "floor": [(clips[i + 1]["frames"], clips[i + 1]["boxes"][0]) for i in range(n)]}
   timings = {}
   for name, kwargs in variants.items():
     kwargs = dict(kwargs)
@@ -100,7 +104,17 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
                              layout=[[b] if r else [] for b, r in zip(boxes, references)],
                              progress=progress, **kwargs)
     timings[name] = time.perf_counter() - start
-    per_identity[name] = [_score(scorer, out["frames"][i], boxes[i], refs[i]) for i in range(n)]
+    scored[name] = [(out["frames"][i], boxes[i]) for i in range(n)]
+
+  ref_means = np.stack([metrics.reference_mean(scorer.embed_references(r)) for r in refs])
+  per_identity = {}
+  for name, pairs in scored.items():
+    rows_i = [_score(scorer, frames, b, refs[i]) for i, (frames, b) in enumerate(pairs)]
+    found = metrics.identification(
+        np.stack([scorer.clip_embeddings(frames, b) for frames, b in pairs]), ref_means)
+    for row, hit in zip(rows_i, found):
+      row["identified"] = float(hit)
+    per_identity[name] = rows_i
 
   rows = {name: _average(per_identity[name]) for name in ["ceiling", *variants, "floor"]}
   ceiling, floor = rows["ceiling"]["face_sim"], rows["floor"]["face_sim"]
@@ -117,8 +131,9 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
 
 def format_table(result) -> str:
   """The rows as a fixed-width text table plus the floor-to-ceiling positions."""
-  cols = ("face_sim", "temporal_consistency", "drift")
-  head = f"{'':28s}" + "".join(f"{c:>22s}" for c in ("FaceSim", "temporal consistency", "drift"))
+  cols = ("face_sim", "identified", "temporal_consistency", "drift")
+  head = f"{'':28s}" + "".join(f"{c:>22s}" for c in (
+      "FaceSim", f"identified (of {len(result['identities'])})", "temporal consistency", "drift"))
   lines = [head]
   for name, row in result["rows"].items():
     lines.append(f"{name:28s}" + "".join(f"{row[c]:22.4f}" for c in cols))

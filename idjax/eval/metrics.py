@@ -4,8 +4,8 @@ The evaluation encoder is trained independently of the one used for
 conditioning and for the identity loss, so a model cannot score well by
 fooling the very network it was optimised against.
 
-Pure NumPy functions on embeddings (`face_sim`, `temporal_consistency`,
-`drift`, `bleed`, `diversity`) plus `FaceScorer`, which crops faces and embeds
+Pure NumPy functions on embeddings (`face_sim`, `identification`,
+`temporal_consistency`, `drift`, `bleed`, `diversity`) plus `FaceScorer`, which crops faces and embeds
 them. Embeddings are unit vectors; "the reference" of a character is the
 re-normalised mean of its K reference embeddings.
 """
@@ -32,6 +32,22 @@ def reference_mean(ref_emb) -> np.ndarray:
 def face_sim(crop_emb, ref_emb) -> np.ndarray:
   """Cosine of each crop [..., D] to the mean reference of ref_emb [K, D] -> [...]."""
   return normalize(crop_emb) @ reference_mean(ref_emb)
+
+
+def identification(clip_emb, ref_means) -> np.ndarray:
+  """Top-1 identification among the N identities of an evaluation.
+
+  Args:
+    clip_emb: [N, T, D] frame embeddings; clip i is meant to show identity i.
+    ref_means: [N, D] each identity's reference direction (`reference_mean`).
+  Returns:
+    bool [N]: whether clip i's mean direction is closer to identity i's
+    references than to any other identity's, i.e. whether a face-recognition
+    system would name the right person.
+  """
+  clip_dirs = normalize(np.mean(normalize(clip_emb), axis=1))
+  sims = clip_dirs @ normalize(ref_means).T
+  return np.argmax(sims, axis=1) == np.arange(len(sims))
 
 
 def temporal_consistency(emb) -> float:
