@@ -1,6 +1,6 @@
 """Sampling speed: seconds per denoising step and frames per second.
 
-  python bench/sample.py --workdir runs/demo/video [--batch 8] [--steps 25] [--out bench_sample.json]
+  python bench/sample.py --workdir runs/demo/video [--batch 8] [--steps 25] [--out bench/results/sample.json]
   python bench/sample.py --config configs/tiny.py ...   # randomly initialised model
 
 Times `Generator.generate` (first step separately: it includes compilation)
@@ -54,7 +54,7 @@ def main(argv=None):
   p.add_argument("--frames", type=int, default=None)
   p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
   p.add_argument("--identity-guidance", type=float, default=1.0)
-  p.add_argument("--out", default="bench_sample.json")
+  p.add_argument("--out", default="bench/results/sample.json")
   args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
   if (args.workdir is None) == (args.config is None):
     raise configlib.UsageError("Give exactly one of --workdir and --config.")
@@ -89,6 +89,7 @@ def main(argv=None):
       clips_per_s=args.batch / (steady * args.steps) if steady > 0 else None,
       frames_per_s=args.batch * frames / (steady * args.steps) if steady > 0 else None)
   print(json.dumps(result))
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out + ".tmp", "w") as f:
     json.dump(result, f, indent=2)
   os.replace(args.out + ".tmp", args.out)
