@@ -60,12 +60,10 @@ def synthetic_batch(config, batch_size):
   d, rng = config.data, np.random.default_rng(0)
   b, c, t, h, k, r = (batch_size, d.max_characters, d.num_frames, d.resolution,
                       d.num_references, d.reference_resolution)
-  masks = np.zeros((b, c, t, h, h), np.uint8)
-  masks[..., h // 4: 3 * h // 4, h // 4: 3 * h // 4] = 1
   return dict(
       frames=rng.integers(0, 256, (b, t, h, h, 3), dtype=np.uint8),
       boxes=np.tile(np.array([0.25, 0.25, 0.75, 0.75], np.float32), (b, c, t, 1)),
-      masks=masks, identity_ids=np.zeros((b, c), np.int32),
+      identity_ids=np.zeros((b, c), np.int32),
       character_valid=np.ones((b, c), bool),
       references=rng.integers(0, 256, (b, c, k, r, r, 3), dtype=np.uint8),
       reference_valid=np.ones((b, c, k), bool),
@@ -83,16 +81,19 @@ def device_peak_mib():
   return None if peak is None else peak / 2 ** 20
 
 
-def measure(config, encoder, steps: int) -> dict:
-  """Compiles and times the train step of `config` on all local devices."""
+def prepare(config, encoder):
+  """(setup, fresh state, a synthetic batch, encoder params) on all local devices."""
   mesh = trainer.build_mesh(config)
   setup = trainer.make_setup(config, build_model(config.model), encoder, mesh)
-  state = setup.init()
-  rules = config.sharding.rules
-  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules))
+  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, config.sharding.rules))
            for k, v in synthetic_batch(config, config.train.batch_size).items()}
-  enc = trainer.put_replicated(encoder.params, mesh)
-  with sharding.activation_sharding(mesh, rules):
+  return setup, setup.init(), batch, trainer.put_replicated(encoder.params, mesh)
+
+
+def measure(config, encoder, steps: int) -> dict:
+  """Compiles and times the train step of `config` on all local devices."""
+  setup, state, batch, enc = prepare(config, encoder)
+  with sharding.activation_sharding(setup.mesh, config.sharding.rules):
     t0 = time.perf_counter()
     compiled = setup.jitted(batch).lower(state, batch, enc).compile()
     compile_s = time.perf_counter() - t0
@@ -163,12 +164,10 @@ def main(argv):
   print(f"matmul {n}x{n} {dtype.name}: {peak/1e9:.1f} GFLOP/s on {result['device']}", flush=True)
   medium = base.copy_and_resolve_references()
   medium.model.width, medium.model.depth, medium.model.num_heads = 256, 6, 8
-  runs = {"config": (os.path.splitext(os.path.basename(args.config))[0], base),
-          "medium": ("medium", medium)}
-  for what in ("config", "medium"):
+  config_name = os.path.splitext(os.path.basename(args.config))[0]
+  for what, name, cfg in (("config", config_name, base), ("medium", "medium", medium)):
     if what not in measure_what:
       continue
-    name, cfg = runs[what]
     cfg = cfg.copy_and_resolve_references()
     if args.quick:
       cfg.train.batch_size = 4

@@ -14,16 +14,15 @@ import argparse
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from idjax import configlib, sharding  # noqa: E402
-from idjax.models import attention, build_model  # noqa: E402
-from idjax.train import trainer  # noqa: E402
+from idjax import configlib  # noqa: E402
+from idjax.models import attention  # noqa: E402
 import train_step as bench  # noqa: E402
 
 SHAPES = [  # (batch, Lq, Lk, heads, head_dim): spatial, temporal, text, identity bank, resampler
@@ -43,10 +42,9 @@ def attention_errors():
     cot = jax.random.normal(keys[4], (b, lq, n, h), jnp.float32)
     for m in (None, mask):
       def f(q, k, v, impl):
-        loss = lambda q, k, v: jnp.sum(attention.dot_product_attention(
-            q, k, v, m, implementation=impl).astype(jnp.float32) * cot)
-        out = attention.dot_product_attention(q, k, v, m, implementation=impl)
-        return [out] + list(jax.grad(loss, (0, 1, 2))(q, k, v))
+        out, vjp = jax.vjp(lambda q, k, v: attention.dot_product_attention(
+            q, k, v, m, implementation=impl).astype(jnp.float32), q, k, v)
+        return [out, *vjp(cot)]
       run = jax.jit(f, static_argnums=3)   # arrays as arguments: no constant folding
       ref, got = run(q, k, v, "xla"), run(q, k, v, "cudnn")
       errs = []
@@ -63,13 +61,8 @@ def attention_errors():
 def step_metrics(config, encoder, impl):
   config = config.copy_and_resolve_references()
   config.model.attention_impl = impl
-  mesh = trainer.build_mesh(config)
-  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh)
-  state = setup.init()
-  rules = config.sharding.rules
-  batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules))
-           for k, v in bench.synthetic_batch(config, config.train.batch_size).items()}
-  _, metrics = setup.run_step(state, batch, trainer.put_replicated(encoder.params, mesh))
+  setup, state, batch, encoder_params = bench.prepare(config, encoder)
+  _, metrics = setup.run_step(state, batch, encoder_params)
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 
@@ -85,7 +78,7 @@ def main(argv):
   config = configlib.load_config_file(args.config)
   config.model.depth, config.train.batch_size = args.depth, args.batch
   config.mesh = type(config.mesh)(dict(data=-1, fsdp=1, tensor=1, sequence=1))
-  encoder = bench.random_encoder(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  encoder = bench.random_encoder(ROOT)
   xla, cudnn = step_metrics(config, encoder, "xla"), step_metrics(config, encoder, "cudnn")
   for key in sorted(xla):
     print(f"{key:>24}: xla {xla[key]:.6g}  cudnn {cudnn[key]:.6g}")

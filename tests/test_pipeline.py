@@ -88,7 +88,7 @@ def test_global_arrays_sharded_on_batch(mesh):
   np.testing.assert_array_equal(np_batch["index"], batches.indices_at(0))
   for row, index in enumerate(np_batch["index"]):
     record = source.inner[index]
-    for key in ("frames", "boxes", "masks", "identity_ids", "character_valid", "references"):
+    for key in ("frames", "boxes", "identity_ids", "character_valid", "references"):
       np.testing.assert_array_equal(np_batch[key][row], record[key])
     np.testing.assert_array_equal(np_batch["text_tokens"][row], prompts.tokenize(record["prompt"], 20))
 

@@ -79,12 +79,10 @@ def numpy_batch(step, frames_dtype=np.uint8):
   """A deterministic batch of `B` examples for `step` (indices step*B ...)."""
   rng = np.random.default_rng(step)
   frames = rng.integers(0, 256, (B, T, H, H, 3), dtype=np.uint8)
-  masks = np.zeros((B, C, T, H, H), np.uint8)
-  masks[..., 4:12, 4:12] = 1
   return dict(
       frames=frames if frames_dtype == np.uint8 else (frames / 127.5 - 1).astype(frames_dtype),
       boxes=np.tile(np.array([0.2, 0.2, 0.8, 0.8], np.float32), (B, C, T, 1)),
-      masks=masks, identity_ids=np.zeros((B, C), np.int32),
+      identity_ids=np.zeros((B, C), np.int32),
       character_valid=np.ones((B, C), bool),
       references=rng.integers(0, 256, (B, C, K, H, H, 3), dtype=np.uint8),
       reference_valid=np.ones((B, C, K), bool),

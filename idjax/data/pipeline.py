@@ -30,7 +30,9 @@ _MASK64 = (1 << 64) - 1
 _DROPOUT = 11  # purpose of the reference-dropout generator
 _FEISTEL_ROUNDS = 6
 
-BATCH_KEYS = ("frames", "boxes", "masks", "identity_ids", "character_valid", "references",
+# No pixel masks: the train step builds its masks from the boxes (as sampling
+# does), so shipping the records' head masks to the device would be dead weight.
+BATCH_KEYS = ("frames", "boxes", "identity_ids", "character_valid", "references",
               "reference_valid", "text_tokens", "index")
 
 
@@ -162,7 +164,7 @@ def _to_example(record, *, seed, text_len, reference_dropout):
   else:
     ref_valid = np.ones((C, K), bool)
   return dict(
-      frames=record["frames"], boxes=record["boxes"], masks=record["masks"],
+      frames=record["frames"], boxes=record["boxes"],
       identity_ids=record["identity_ids"], character_valid=record["character_valid"],
       references=record["references"],
       reference_valid=ref_valid & record["character_valid"][:, None],

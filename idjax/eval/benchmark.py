@@ -40,12 +40,12 @@ def world_config(config, num_frames=None) -> world.WorldConfig:
       reference_resolution=int(d.reference_resolution))
 
 
-def _score(scorer, frames, boxes, references):
-  """frames [T, H, W, 3], boxes [T, 4], references [K, R, R, 3] -> metric row."""
-  m = metrics.clip_metrics(scorer, frames, [list(references)], boxes[None])
-  c = m["characters"][0]
+def _score(scorer, frames, boxes, ref_emb):
+  """frames [T, H, W, 3], boxes [T, 4], ref_emb [K, D] -> (metric row, frame embeddings)."""
+  c, emb = metrics.character_metrics(scorer, np.asarray(frames), np.asarray(boxes, np.float32),
+                                     ref_emb)
   return dict(face_sim=c["face_sim"], temporal_consistency=c["temporal_consistency"],
-              drift=c["drift"], diversity=c["diversity"]["embedding"])
+              drift=c["drift"], diversity=c["diversity"]["embedding"]), emb
 
 
 def _average(rows):
@@ -106,15 +106,15 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
     timings[name] = time.perf_counter() - start
     scored[name] = [(out["frames"][i], boxes[i]) for i in range(n)]
 
-  ref_means = np.stack([metrics.reference_mean(scorer.embed_references(r)) for r in refs])
+  ref_embs = [scorer.embed_references(r) for r in refs]
+  ref_means = np.stack([metrics.reference_mean(e) for e in ref_embs])
   per_identity = {}
   for name, pairs in scored.items():
-    rows_i = [_score(scorer, frames, b, refs[i]) for i, (frames, b) in enumerate(pairs)]
-    found = metrics.identification(
-        np.stack([scorer.clip_embeddings(frames, b) for frames, b in pairs]), ref_means)
-    for row, hit in zip(rows_i, found):
+    rows_i, embs = zip(*[_score(scorer, frames, b, ref_embs[i])
+                         for i, (frames, b) in enumerate(pairs)])
+    for row, hit in zip(rows_i, metrics.identification(np.stack(embs), ref_means)):
       row["identified"] = float(hit)
-    per_identity[name] = rows_i
+    per_identity[name] = list(rows_i)
 
   rows = {name: _average(per_identity[name]) for name in ["ceiling", *variants, "floor"]}
   ceiling, floor = rows["ceiling"]["face_sim"], rows["floor"]["face_sim"]

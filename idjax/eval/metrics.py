@@ -195,6 +195,24 @@ class FaceScorer:
     return candidates[np.argmax(sims, axis=1)]
 
 
+def character_metrics(scorer: FaceScorer, frames, boxes, ref_emb):
+  """One character's metrics in a clip, and its frame embeddings.
+
+  Args:
+    frames: uint8 [T, H, W, 3]; boxes: float [T, 4]; ref_emb: [K, D].
+  Returns:
+    (dict(face_sim, face_sim_per_frame, temporal_consistency, drift,
+    diversity), frame embeddings [T, D]).
+  """
+  emb = scorer.clip_embeddings(frames, boxes)
+  crops = np.asarray(crop_and_resize(frames, boxes, scorer.encoder.input_size))
+  sims = face_sim(emb, ref_emb)
+  return dict(
+      face_sim=float(sims.mean()), face_sim_per_frame=[float(s) for s in sims],
+      temporal_consistency=temporal_consistency(emb), drift=drift(emb),
+      diversity=diversity(emb, crops)), emb
+
+
 def clip_metrics(scorer: FaceScorer, frames, references, boxes=None) -> dict:
   """All metrics of one clip.
 
@@ -218,14 +236,9 @@ def clip_metrics(scorer: FaceScorer, frames, references, boxes=None) -> dict:
   for c, ref_emb in enumerate(ref_embs):
     char_boxes = (np.asarray(boxes[c], np.float32) if boxes is not None
                   else scorer.search_boxes(frames, means[c]))
-    emb = scorer.clip_embeddings(frames, char_boxes)
-    crops = np.asarray(crop_and_resize(frames, char_boxes, scorer.encoder.input_size))
-    sims = face_sim(emb, ref_emb)
+    row, emb = character_metrics(scorer, frames, char_boxes, ref_emb)
+    per_char.append(row)
     embs.append(emb)
-    per_char.append(dict(
-        face_sim=float(sims.mean()), face_sim_per_frame=[float(s) for s in sims],
-        temporal_consistency=temporal_consistency(emb), drift=drift(emb),
-        diversity=diversity(emb, crops)))
   mean = lambda key: float(np.mean([p[key] for p in per_char])) if per_char else None
   return dict(
       box_source=source, characters=per_char, face_sim=mean("face_sim"),
