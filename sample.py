@@ -12,18 +12,25 @@ boxes the model places the faces itself.
 Writes OUT.mp4, OUT.gif, OUT.png (references left of every frame) and
 OUT.json (arguments, seed, timings and, when the config's evaluation encoder
 exists, FaceSim metrics). Existing outputs are kept unless --overwrite.
+Everything that can be checked is checked before sampling: the output folder,
+the references (at most MAX_REFERENCE_PIXELS each), the seed, the saved
+config, and the memory the requested frames need.
 """
 
 import json
 import os
 import sys
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from idjax import configlib
+from idjax import config_rules, configlib, paths
 
 MAIN = "main"
+# References are shrunk to the model's reference size (tens of pixels); a
+# larger limit only lets a huge or hostile file exhaust memory while decoding.
+MAX_REFERENCE_PIXELS = 64_000_000
 
 
 def parse_args(argv):
@@ -50,7 +57,6 @@ def parse_args(argv):
       (args.steps is None or args.steps >= 1, f"--steps must be >= 1, got {args.steps}."),
       (args.identity_strength is None or 0.0 <= args.identity_strength <= 1.0,
        f"--identity-strength must lie in [0, 1], got {args.identity_strength}."),
-      (args.seed >= 0, f"--seed must be >= 0, got {args.seed}."),
       (args.fps > 0, f"--fps must be > 0, got {args.fps}."),
       (args.text_guidance is None or np.isfinite(args.text_guidance), "--text-guidance must be finite."),
       (args.identity_guidance is None or np.isfinite(args.identity_guidance),
@@ -61,6 +67,7 @@ def parse_args(argv):
   for ok, message in checks:
     if not ok:
       raise configlib.UsageError(message)
+  config_rules.check_seed(args.seed)
   return args
 
 
@@ -76,12 +83,12 @@ def parse_characters(args) -> dict:
     chars[MAIN] = list(args.reference)
   for spec in args.character:
     name, sep, files = spec.partition("=")
-    paths = [f for f in files.split(",") if f]
-    if not sep or not name or not paths:
+    refs = [f for f in files.split(",") if f]
+    if not sep or not name or not refs:
       raise configlib.UsageError(f"--character {spec!r} must look like NAME=a.png[,b.png...].")
     if name in chars:
       raise configlib.UsageError(f"Character {name!r} is given twice.")
-    chars[name] = paths
+    chars[name] = refs
   return chars
 
 
@@ -116,14 +123,24 @@ def load_image(path: str) -> np.ndarray:
   """Any readable image -> uint8 RGB [h, w, 3]; transparency over white."""
   if not os.path.isfile(path):
     raise configlib.UsageError(f"Reference image {path!r} does not exist.")
+  too_large = configlib.UsageError(
+      f"Reference image {path!r} is too large (more than {MAX_REFERENCE_PIXELS // 1_000_000} "
+      "megapixels); give a smaller one: references are shrunk to a few dozen pixels anyway.")
   try:
-    with Image.open(path) as image:
+    with warnings.catch_warnings():  # PIL's own, larger limit: ours comes first
+      warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+      image = Image.open(path)  # reads the header only
+    with image:
+      if image.size[0] * image.size[1] > MAX_REFERENCE_PIXELS:
+        raise too_large
       image.load()
       if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")
         canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = Image.alpha_composite(canvas, image)
       array = np.asarray(image.convert("RGB"), np.uint8)
+  except Image.DecompressionBombError:
+    raise too_large from None
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise configlib.UsageError(f"Cannot read reference image {path!r} ({type(e).__name__}).") from None
   if array.size == 0:
@@ -134,10 +151,8 @@ def load_image(path: str) -> np.ndarray:
 @configlib.exit_on_usage_error
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  paths = output_paths(args.out)
-  existing = [p for p in paths.values() if os.path.exists(p)]
-  if existing and not args.overwrite:
-    raise configlib.UsageError(f"{existing[0]} exists; pass --overwrite to replace it.")
+  outputs = output_paths(args.out)
+  paths.check_files(outputs.values(), "--out", args.overwrite)
   chars = parse_characters(args)
   layout = parse_boxes(args, list(chars))
   images = {name: [load_image(p) for p in files] for name, files in chars.items()}
@@ -145,12 +160,19 @@ def main(argv=None):
   # Heavy imports after every cheap check: usage errors come back at once.
   from idjax.eval import metrics
   from idjax.face.frozen import FrozenFaceEncoder
-  from idjax.sampling import video_io
+  from idjax.sampling import memory, video_io
   from idjax.sampling.generator import Generator, prepare_reference, resolve_path
   try:
     generator = Generator.from_workdir(args.workdir)
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
+  # The memory the frames need, before sampling (the grid is known once a
+  # latent model's autoencoder is loaded).
+  defaults = generator.config.sample
+  text = defaults.text_guidance if args.text_guidance is None else args.text_guidance
+  ident = defaults.identity_guidance if args.identity_guidance is None else args.identity_guidance
+  memory.check_fits(generator.config, args.frames or int(defaults.num_frames),
+                    memory.guidance_passes(text, ident), side=generator.model_side)
   references = [images[n] for n in chars]
   try:
     out = generator.generate(
@@ -175,18 +197,18 @@ def main(argv=None):
     report["characters"] = dict(zip(chars, report["characters"]))
 
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-  video_io.write_mp4(paths["mp4"], frames, fps=args.fps)
-  video_io.write_gif(paths["gif"], frames, fps=args.fps)
+  video_io.write_mp4(outputs["mp4"], frames, fps=args.fps)
+  video_io.write_gif(outputs["gif"], frames, fps=args.fps)
   sheet_refs = [r for refs in prepared for r in refs]
-  video_io.write_png(paths["png"], video_io.contact_sheet(frames, sheet_refs))
+  video_io.write_png(outputs["png"], video_io.contact_sheet(frames, sheet_refs))
   summary = dict(
       arguments=vars(args), characters={n: chars[n] for n in chars}, seed=args.seed,
       num_frames=int(frames.shape[0]), resolution=list(frames.shape[1:3]),
       metadata=out["metadata"][0], timings_s=out["timings"], metrics=report,
       metrics_note=None if report else "no evaluation encoder (config.eval_encoder_workdir) or no references",
-      files=paths)
-  video_io.write_json(paths["json"], json.dumps(summary, indent=2))
-  line = f"wrote {paths['mp4']} ({frames.shape[0]} frames)"
+      files=outputs)
+  video_io.write_json(outputs["json"], json.dumps(summary, indent=2))
+  line = f"wrote {outputs['mp4']} ({frames.shape[0]} frames)"
   if report:
     line += f"; FaceSim {report['face_sim']:.3f} (boxes: {report['box_source']})"
   print(line)

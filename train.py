@@ -7,11 +7,14 @@ Restarting with the same --workdir resumes from its latest checkpoint.
 SIGTERM / Ctrl-C save a checkpoint and exit 0. Several processes (one per
 host): --coordinator HOST:PORT --num-processes N --process-id I, or the
 environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+Process 0's coordination service has no authentication: a localhost coordinator
+listens on loopback only; for several hosts, --coordinator-bind HOST:PORT picks
+a trusted interface (JAX's default is every interface).
 """
 
 import sys
 
-from idjax import configlib
+from idjax import config_rules, configlib, paths
 
 
 def parse_args(argv):
@@ -20,6 +23,9 @@ def parse_args(argv):
   p.add_argument("--config", required=True, help="config file (configs/*.py)")
   p.add_argument("--workdir", required=True, help="where checkpoints and logs go")
   p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
+  p.add_argument("--coordinator-bind", default=None,
+                 help="HOST:PORT where process 0 listens (default: loopback for a localhost "
+                 "coordinator, else every interface)")
   p.add_argument("--num-processes", type=int, default=None)
   p.add_argument("--process-id", type=int, default=None)
   p.add_argument("--no-progress", action="store_true")
@@ -28,6 +34,8 @@ def parse_args(argv):
   leftover = configlib.parse_overrides(config, rest)
   if leftover:
     raise configlib.UsageError(f"Unrecognised argument {leftover[0]!r}.")
+  config_rules.check(config)
+  paths.check_folder(known.workdir, "--workdir")
   return config, known
 
 
@@ -35,11 +43,13 @@ def parse_args(argv):
 def main(argv):
   config, args = parse_args(argv)
   kind = config.get("kind", "video")
-  if kind not in ("video", "face_encoder"):
-    raise configlib.UsageError(f"config.kind must be 'video' or 'face_encoder', got {kind!r}.")
+  if kind not in ("video", "face_encoder", "autoencoder"):
+    raise configlib.UsageError(
+        f"config.kind must be 'video', 'face_encoder' or 'autoencoder', got {kind!r}.")
 
   from idjax.train import distributed
-  settings = distributed.settings_from(args.coordinator, args.num_processes, args.process_id)
+  settings = distributed.settings_from(args.coordinator, args.num_processes, args.process_id,
+                                       args.coordinator_bind)
   timeouts = config.get("train", {})
   distributed.initialize(settings, init_timeout_s=timeouts.get("init_timeout_s", 300),
                          heartbeat_timeout_s=timeouts.get("heartbeat_timeout_s", 100))
@@ -47,6 +57,10 @@ def main(argv):
   if kind == "face_encoder":
     from idjax.face.train import train_face_encoder
     train_face_encoder(config, args.workdir)
+    return 0
+  if kind == "autoencoder":
+    from idjax.autoencoder.train import train_autoencoder
+    train_autoencoder(config, args.workdir, progress=not args.no_progress)
     return 0
 
   from idjax.train import trainer

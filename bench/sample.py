@@ -32,7 +32,14 @@ def random_generator(config_path, face_config_path, overrides):
   fparams = jax.jit(lambda k: nn.unbox(encoder.init(k, jnp.zeros((1, size, size, 3))))["params"])(
       jax.random.key(1))
   fe = FrozenFaceEncoder(fcfg, fparams)
+  import os, sys
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  from train_step import random_autoencoder
+  autoencoder = random_autoencoder(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                   config)
   res = int(config.data.resolution)
+  if autoencoder is not None:
+    res = autoencoder.latent_shape(1, res, res)[1]
   args = models.dummy_inputs(
       config.model, batch=1, frames=config.model.patch_size[0], height=res, width=res,
       text_len=config.model.text_len, num_chars=config.model.max_characters,
@@ -40,7 +47,7 @@ def random_generator(config_path, face_config_path, overrides):
       face_feature_dim=fe.feature_dim, face_cells=fe.feature_cells)
   model = models.build_model(config.model)
   params = jax.jit(lambda k: nn.unbox(model.init(k, *args))["params"])(jax.random.key(0))
-  return Generator(config, params, fe)
+  return Generator(config, params, fe, autoencoder=autoencoder)
 
 
 @configlib.exit_on_usage_error

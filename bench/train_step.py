@@ -56,6 +56,20 @@ def random_encoder(root):
   return FrozenFaceEncoder(fcfg, params)
 
 
+def random_autoencoder(root, config):
+  """The project's autoencoder module with random weights, or None in pixel space."""
+  if config.model.get("space", "pixel") != "latent":
+    return None
+  from idjax.autoencoder.frozen import FrozenAutoencoder
+  from idjax.autoencoder.train import init_params
+  from idjax.autoencoder.model import autoencoder_from_config
+  acfg = configlib.load_config_file(os.path.join(root, "configs", "autoencoder.py"))
+  acfg.data.resolution = config.data.resolution
+  params = init_params(autoencoder_from_config(acfg.model), acfg)
+  c = acfg.model.latent_channels
+  return FrozenAutoencoder(acfg, params, np.zeros(c), np.ones(c))
+
+
 def synthetic_batch(config, batch_size):
   d, rng = config.data, np.random.default_rng(0)
   b, c, t, h, k, r = (batch_size, d.max_characters, d.num_frames, d.resolution,
@@ -82,12 +96,14 @@ def device_peak_mib():
 
 
 def prepare(config, encoder):
-  """(setup, fresh state, a synthetic batch, encoder params) on all local devices."""
+  """(setup, fresh state, a synthetic batch, frozen params) on all local devices."""
   mesh = trainer.build_mesh(config)
-  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh,
+                             random_autoencoder(root, config))
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, config.sharding.rules))
            for k, v in synthetic_batch(config, config.train.batch_size).items()}
-  return setup, setup.init(), batch, trainer.put_replicated(encoder.params, mesh)
+  return setup, setup.init(), batch, setup.frozen
 
 
 def measure(config, encoder, steps: int) -> dict:
@@ -107,7 +123,8 @@ def measure(config, encoder, steps: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  flops = trainer.train_flops_per_step(config, encoder)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  flops = trainer.train_flops_per_step(config, encoder, random_autoencoder(root, config))
   return dict(
       batch=config.train.batch_size, frames=config.data.num_frames,
       resolution=config.data.resolution, width=config.model.width, depth=config.model.depth,

@@ -4,20 +4,23 @@
 of a video VAE's latents), bf16 compute, f32 parameters, fsdp-sharded.
 """
 
+import os
+
 import ml_collections
 
-from idjax import sharding
+from idjax import configlib, sharding
 
 
 def get_config():
-  import importlib.util, os
-  spec = importlib.util.spec_from_file_location("tiny", os.path.join(os.path.dirname(__file__), "tiny.py"))
-  tiny = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(tiny)
-  config = tiny.get_config()
+  config = configlib.load_config_file(os.path.join(os.path.dirname(__file__), "tiny.py"))
 
   config.face_encoder_workdir = "runs/base/face"
   config.eval_encoder_workdir = "runs/base/face_eval"
+  # Pixel space as benchmarked (a latent-space base config would set
+  # model.space = "latent", autoencoder_workdir and channels instead).
+  config.autoencoder_workdir = ""
+  config.model.space = "pixel"
+  config.model.channels = 3
   config.data.resolution = 128
   config.data.num_frames = 16
   config.sample.num_frames = 16

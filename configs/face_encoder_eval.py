@@ -7,16 +7,13 @@ loss the video model was trained against.
   python train.py --config configs/face_encoder_eval.py --workdir runs/face_eval
 """
 
-import importlib.util
 import os
+
+from idjax import configlib
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location(
-      "face_encoder", os.path.join(os.path.dirname(__file__), "face_encoder.py"))
-  base = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(base)
-  config = base.get_config()
+  config = configlib.load_config_file(os.path.join(os.path.dirname(__file__), "face_encoder.py"))
   config.seed = 1
   config.render_seed = 2000
   config.identity_start = 1500    # a disjoint pool of training identities

@@ -116,9 +116,17 @@ def parse_overrides(config: ml_collections.ConfigDict, args: list[str]) -> list[
 
 
 def save_config(config: ml_collections.ConfigDict, path: str) -> None:
-  with open(path + ".tmp", "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
+  """Atomically: a crash leaves the old file or the new one, never a torn one."""
+  tmp = f"{path}.{os.getpid()}.tmp"
+  try:
+    with open(tmp, "w") as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
 
 
 def load_saved_config(path: str) -> ml_collections.ConfigDict:

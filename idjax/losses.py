@@ -132,12 +132,44 @@ def face_embeddings(clip, boxes, encode, size: int):
   return einops.rearrange(emb, "(b c f) d -> b c f d", b=b, c=c)
 
 
+def latent_face_windows(latents, boxes, cells: int):
+  """Each character's square window of latent cells around its face.
+
+  Args:
+    latents: float [B, F, h, w, C].
+    boxes: float [B, K, F, 4] (y0, x0, y1, x1) fractions of the frame.
+    cells: window side in latent cells (<= h, w).
+
+  Returns:
+    (windows [B, K, F, cells, cells, C], boxes [B, K, F, 4] as fractions of
+    the window). The window sits at the same place in every frame (centred
+    on the mean box centre, clamped inside the grid), so a decoder that mixes
+    frames sees them aligned.
+  """
+  _, frames, h, w, channels = latents.shape
+  centre = (boxes[..., :2] + boxes[..., 2:]) / 2.0                          # [B, K, F, 2]
+  centre = jnp.mean(centre, axis=2) * jnp.array([h, w], jnp.float32)        # [B, K, 2]
+  limit = jnp.array([h - cells, w - cells], jnp.float32)
+  origin = jnp.clip(jnp.round(centre - cells / 2.0), 0.0, limit)            # [B, K, 2]
+
+  def cut(clip, yx):
+    yx = yx.astype(jnp.int32)
+    return jax.lax.dynamic_slice(clip, (0, yx[0], yx[1], 0), (frames, cells, cells, channels))
+
+  windows = jax.vmap(lambda clip, yx: jax.vmap(lambda o: cut(clip, o))(yx))(latents, origin)
+  scale = jnp.array([h, w, h, w], jnp.float32)
+  shift = jnp.concatenate([origin, origin], axis=-1)[:, :, None]           # [B, K, 1, 4]
+  return windows, (boxes * scale - shift) / cells
+
+
 def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, weight,
-                              encode, size: int, num_frames: int, lambda_temporal):
+                              encode, size: int, num_frames: int, lambda_temporal,
+                              to_pixels=None, latent_window: int = 0):
   """The identity loss of a batch, per character, on a window of frames.
 
   Args:
-    x0_hat: float [B, T, H, W, 3] clean estimate (gradients flow through it).
+    x0_hat: float [B, T, H, W, C] clean estimate (gradients flow through it):
+      pixels, or latents when `to_pixels` is given.
     boxes: float [B, C, T, 4].
     start: int [B] first frame of each example's window of `num_frames`
       consecutive frames (consecutive so the temporal term compares neighbours).
@@ -145,14 +177,30 @@ def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, w
     weight: float [B, C]: 0 for absent or identity-dropped characters and
       for examples whose t is above the low-noise threshold.
     encode, size: the frozen encoder and its input side.
+    to_pixels: None (x0_hat is pixels) or the frozen decoder, latents
+      [B, F, h, w, C] -> pixels [B, F, H, W, 3]; only the window's frames are
+      decoded, and its gradient reaches x0_hat. One latent frame per frame.
+    latent_window: with `to_pixels`, decode only each face's window of this
+      many latent cells (`latent_face_windows`) instead of whole frames; 0 =
+      whole frames. The decoder is the costliest part of the loss.
 
   Returns:
     (loss scalar, dict(reference=, temporal=)); characters are pooled into the
     example axis, so every present character counts once.
   """
-  clip = frame_window(x0_hat, start, num_frames, axis=0)        # [B, F, H, W, 3]
+  clip = frame_window(x0_hat, start, num_frames, axis=0)        # [B, F, H, W, C]
   window_boxes = frame_window(boxes, start, num_frames, axis=1)  # [B, C, F, 4]
-  emb = face_embeddings(clip, window_boxes, encode, size)       # [B, C, F, D]
+  if to_pixels is None:
+    emb = face_embeddings(clip, window_boxes, encode, size)     # [B, C, F, D]
+  elif not latent_window:
+    emb = face_embeddings(to_pixels(clip), window_boxes, encode, size)
+  else:
+    b, c = window_boxes.shape[:2]
+    windows, inner = latent_face_windows(clip, window_boxes, latent_window)
+    pixels = to_pixels(einops.rearrange(windows, "b c ... -> (b c) ..."))  # [BC, F, S, S, 3]
+    inner = einops.rearrange(inner, "b c f x -> (b c) 1 f x")
+    emb = einops.rearrange(face_embeddings(pixels, inner, encode, size),
+                           "(b c) 1 f d -> b c f d", b=b, c=c)
   flat = lambda a: einops.rearrange(a, "b c ... -> (b c) ...")
   return identity_preservation_loss(
       flat(emb), flat(ref_embeddings), lambda_temporal,

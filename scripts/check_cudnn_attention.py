@@ -61,8 +61,8 @@ def attention_errors():
 def step_metrics(config, encoder, impl):
   config = config.copy_and_resolve_references()
   config.model.attention_impl = impl
-  setup, state, batch, encoder_params = bench.prepare(config, encoder)
-  _, metrics = setup.run_step(state, batch, encoder_params)
+  setup, state, batch, frozen = bench.prepare(config, encoder)
+  _, metrics = setup.run_step(state, batch, frozen)
   return {k: float(v) for k, v in jax.device_get(metrics).items()}
 
 

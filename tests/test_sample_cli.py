@@ -90,6 +90,9 @@ BAD = {
     "box out of range": ["--character", "x={root}/a.png", "--box", "x=0,0,1.5,.5"],
     "too many references": ["--reference", "{root}/a.png", "{root}/a.png", "{root}/a.png"],
     "not a number": ["--reference", "{root}/a.png", "--seed", "abc"],
+    "seed beyond 32 bits": ["--reference", "{root}/a.png", "--seed", str(2**70)],
+    "face-encoder workdir": ["--reference", "{root}/a.png", "--workdir", "{root}/runs/face"],
+    "out under a file": ["--reference", "{root}/a.png", "--out", "{root}/a.png/clip.mp4"],
 }
 
 

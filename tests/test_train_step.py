@@ -48,11 +48,11 @@ class TinyVideoModel(nn.Module):
       h = h * (1.0 + mask)
     h = nn.gelu(h + cond[:, None, None, None, :])
     h = nn.gelu(_dense(2 * self.width, ("embed", "mlp"), "hidden")(h))
-    return _dense(3, ("mlp", None), "out")(h)
+    return _dense(x.shape[-1], ("mlp", None), "out")(h)
 
 
 def tiny_config():
-  config = configlib.load_config_file("configs/tiny.py")
+  config = configlib.load_config_file("configs/tiny_pixel.py")
   d = config.data
   d.resolution, d.num_frames, d.reference_resolution = H, T, H
   d.text_len, d.num_references, d.max_characters = L, K, C
@@ -119,7 +119,7 @@ def one_step(config, model, encoder, sizes, batch=None):
   setup = trainer.make_setup(config, model, encoder, mesh)
   state = setup.init()
   batch = put_batch(numpy_batch(0) if batch is None else batch, mesh)
-  new_state, metrics = setup.run_step(state, batch, trainer.put_replicated(encoder.params, mesh))
+  new_state, metrics = setup.run_step(state, batch)
   return jax.device_get(new_state), jax.device_get(metrics)
 
 
@@ -162,14 +162,13 @@ def test_nonfinite_batch_is_skipped(encoder):
   before = jax.device_get(state)
   bad = numpy_batch(0, np.float32)
   bad["frames"][3, 1, 2, 2, 0] = np.nan
-  enc = trainer.put_replicated(encoder.params, mesh)
-  state, metrics = setup.run_step(state, put_batch(bad, mesh), enc)
+  state, metrics = setup.run_step(state, put_batch(bad, mesh))
   after = jax.device_get(state)
   assert not np.isfinite(metrics["loss"]) and float(metrics["applied"]) == 0.0
   assert int(after.step) == 1 and int(after.skipped) == 1 and int(after.nonfinite) == 1
   chex.assert_trees_all_equal(after.params, before.params)
   chex.assert_trees_all_equal(after.opt_state, before.opt_state)
-  state, metrics = setup.run_step(state, put_batch(numpy_batch(1, np.float32), mesh), enc)
+  state, metrics = setup.run_step(state, put_batch(numpy_batch(1, np.float32), mesh))
   after = jax.device_get(state)
   assert float(metrics["applied"]) == 1.0
   assert int(after.nonfinite) == 0 and int(after.skipped) == 1

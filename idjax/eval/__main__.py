@@ -3,8 +3,12 @@
 Samples N held-out identities with and without references, scores them
 against a ceiling (real clips of the same identity) and a floor (real clips
 of other identities) under the evaluation encoder, prints the table and
-writes it as JSON. Optional: --strengths 0,0.4,0.8,1 adds an
-identity_strength sweep, --reference-counts 1,3 a 1-vs-K references ablation.
+writes it as JSON. Beside identity it measures realism: Fréchet distance to
+real renders, high-frequency energy, and the attribute accuracy of a probe
+trained once into --probe-workdir (default `probe/` beside the evaluation
+encoder's workdir), and prints issue 10's done-when checks. Optional:
+--strengths 0,0.4,0.8,1 adds an identity_strength sweep, --reference-counts
+1,3 a 1-vs-K references ablation.
 """
 
 import argparse
@@ -12,7 +16,7 @@ import json
 import os
 import sys
 
-from idjax import configlib
+from idjax import config_rules, configlib, paths
 
 
 class _Parser(argparse.ArgumentParser):
@@ -39,9 +43,13 @@ def parse_args(argv):
   p.add_argument("--identity-strength", type=float, default=None)
   p.add_argument("--strengths", default="", help="comma-separated identity_strength sweep")
   p.add_argument("--reference-counts", default="", help="comma-separated reference counts")
+  p.add_argument("--probe-workdir", default=None,
+                 help="attribute probe cache (default: probe/ beside the eval encoder workdir; "
+                      "trained there, about a minute, if absent)")
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
+  config_rules.check_seed(args.seed)
   if args.num_identities < 1:
     raise configlib.UsageError(f"--num-identities must be >= 1, got {args.num_identities}.")
   if args.frames is not None and args.frames < 1:
@@ -79,11 +87,12 @@ def build_variants(args, num_references):
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   out = args.out or os.path.join(args.workdir, "eval.json")
-  if os.path.exists(out) and not args.overwrite:
-    raise configlib.UsageError(f"{out} exists; pass --overwrite to replace it.")
+  paths.check_files([out], "--out", args.overwrite)
   # Heavy imports after the argument checks: usage errors come back at once.
   from idjax.eval import benchmark
+  from idjax.eval import probe as probe_lib
   from idjax.face.frozen import FrozenFaceEncoder
+  from idjax.sampling import memory
   from idjax.sampling.generator import Generator, resolve_path
   from idjax.sampling.video_io import write_json
   try:
@@ -92,11 +101,18 @@ def main(argv=None):
     eval_encoder = FrozenFaceEncoder.from_workdir(eval_dir)
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
+  memory.check_fits(generator.config, args.frames or int(generator.config.sample.num_frames),
+                    side=generator.model_side)
   variants = build_variants(args, generator.num_references)
+  probe_dir = (args.probe_workdir
+               or os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "probe"))
+  probe = probe_lib.load_or_train(probe_dir)
   result = benchmark.evaluate(generator, eval_encoder, args.num_identities, args.seed,
-                              variants, num_frames=args.frames, progress=not args.no_progress)
+                              variants, num_frames=args.frames, progress=not args.no_progress,
+                              probe=probe)
   result["workdir"] = os.path.abspath(args.workdir)
   result["eval_encoder_workdir"] = os.path.abspath(eval_dir)
+  result["probe_workdir"] = os.path.abspath(probe_dir)
   print(benchmark.format_table(result))
   write_json(out, json.dumps(result, indent=2, sort_keys=False))
   print(f"wrote {out}")

@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from idjax import configlib
 from idjax.face.crop import crop_and_resize
 
 CONFIG_FILE = "config.json"
@@ -42,8 +43,7 @@ def save_face_encoder(workdir, config, params):
   """Writes `config.json` and the params checkpoint into `workdir`."""
   workdir = os.path.abspath(os.fspath(workdir))
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json(indent=2))
+  configlib.save_config(config, os.path.join(workdir, CONFIG_FILE))
   params = jax.tree.map(np.asarray, params)
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(os.path.join(workdir, PARAMS_DIR), params, force=True)

@@ -12,6 +12,11 @@ removes that cause; with a data-parallel mesh the per-device program is then
 the same on 1 or N devices, and frames are bit-identical. (The guarantee is
 for equal `per_device_batch`; bigger chunks are faster on accelerators.)
 
+In latent space (config.model.space == "latent") the model diffuses the
+frozen autoencoder's latents: noise and face masks are made at the latent
+grid, and the latents are decoded to frames at the end, chunk by chunk with
+the same per-device shapes, so the bit-identity above holds for the frames.
+
 Without a layout the model gets all-ones face masks (every token may attend
 to the identity), which is what the trainer's mask dropout teaches; the
 returned boxes and masks are then None.
@@ -92,7 +97,7 @@ class _Batch:
   ref_valid: np.ndarray        # bool [B, C, K]
   char_valid: np.ndarray       # bool [B, C]
   strength: np.ndarray         # float32 [B]
-  face_masks: np.ndarray       # float32 [B, C, T, H, W]
+  face_masks: np.ndarray       # float32 [B, C, T, h, w] at the model's grid
 
 
 class Generator:
@@ -102,15 +107,20 @@ class Generator:
     config: the run's full ConfigDict (model, data, sample sections).
     params: EMA params, placed on the mesh by the sharding rules.
     face_encoder: the frozen encoder the model was trained with.
+    autoencoder: the frozen video autoencoder of a latent-space model (None
+      in pixel space).
     mesh, rules: where sampling runs.
     per_device_batch: examples per device per model call (see module doc).
   """
 
   def __init__(self, config, params, face_encoder: FrozenFaceEncoder, mesh=None,
-               per_device_batch: int | None = None):
+               per_device_batch: int | None = None, autoencoder=None):
     self.config = config
     self.model = models.build_model(config.model)
     self.face_encoder = face_encoder
+    self.autoencoder = autoencoder
+    if (config.model.get("space", "pixel") == "latent") != (autoencoder is not None):
+      raise ValueError("A latent-space model needs its autoencoder, and a pixel-space one none.")
     self.rules = sharding.rules_from_config(config.sharding.rules)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
     if per_device_batch is None:
@@ -123,9 +133,15 @@ class Generator:
     self.max_characters = int(config.model.max_characters)
     self.text_len = int(config.model.text_len)
     self.channels = int(config.model.channels)
+    # The spatial side of what the model diffuses: the frame, or its latent grid.
+    self.model_side = (self.resolution if autoencoder is None
+                       else autoencoder.latent_shape(1, self.resolution, self.resolution)[1])
     self.params = jax.device_put(params, self._param_shardings(params))
     self._replicated = sharding.replicated(self.mesh)
     self.face_params = jax.device_put(face_encoder.params, self._replicated)
+    self.autoencoder_params = (None if autoencoder is None
+                               else jax.device_put(autoencoder.params, self._replicated))
+    self._decode = None
     self._steps = {}
     self._encode = None
     self._noise = {}
@@ -138,7 +154,13 @@ class Generator:
     config, params = checkpoint.load_inference(workdir)
     face_dir = resolve_path(config.face_encoder_workdir, workdir)
     face_encoder = FrozenFaceEncoder.from_workdir(face_dir)
-    return cls(config, params, face_encoder, mesh=mesh, per_device_batch=per_device_batch)
+    autoencoder = None
+    if config.model.get("space", "pixel") == "latent":
+      from idjax.autoencoder.frozen import FrozenAutoencoder
+      autoencoder = FrozenAutoencoder.from_workdir(
+          resolve_path(config.autoencoder_workdir, workdir))
+    return cls(config, params, face_encoder, mesh=mesh, per_device_batch=per_device_batch,
+               autoencoder=autoencoder)
 
   # --- placement ---------------------------------------------------------
 
@@ -148,7 +170,7 @@ class Generator:
     for with_masks in (True, False):  # the identity bank exists only in some inits
       args = models.dummy_inputs(
           self.config.model, batch=1, frames=self.config.model.patch_size[0],
-          height=self.resolution, width=self.resolution, text_len=self.text_len,
+          height=self.model_side, width=self.model_side, text_len=self.text_len,
           num_chars=self.max_characters, num_refs=self.num_references,
           face_embed_dim=fe.embed_dim, face_feature_dim=fe.feature_dim,
           face_cells=fe.feature_cells, with_masks=with_masks)
@@ -172,6 +194,15 @@ class Generator:
     if self._encode is None:
       self._encode = jax.jit(functools.partial(encode_references, self.face_encoder))
     return self._encode
+
+  def _to_frames(self, x):
+    """The model's clean output -> uint8 frames (decoded in latent space)."""
+    if self.autoencoder is None:
+      return diffusion.to_uint8(x)
+    if self._decode is None:
+      ae = self.autoencoder
+      self._decode = jax.jit(lambda params, z: diffusion.to_uint8(ae.decode(params, z)))
+    return self._decode(self.autoencoder_params, x)
 
   def _noise_fn(self, shape):
     """One example's noise from its key: fixed shape, so one program for all."""
@@ -211,7 +242,7 @@ class Generator:
   def _host_batch(self, prompts, references, num_frames, strengths, seeds, boxes):
     b, pad = len(prompts), -len(prompts) % self.chunk
     n = b + pad
-    c, k, r, res = self.max_characters, self.num_references, self.reference_resolution, self.resolution
+    c, k, r, side = self.max_characters, self.num_references, self.reference_resolution, self.model_side
     refs = np.zeros((n, c, k, r, r, 3), np.uint8)
     ref_valid = np.zeros((n, c, k), bool)
     char_valid = np.zeros((n, c), bool)
@@ -226,16 +257,16 @@ class Generator:
       text[i] = prompts_lib.tokenize(prompt, self.text_len)
     strength = np.zeros((n,), np.float32)
     strength[:b] = strengths
-    shape = (num_frames, res, res, self.channels)
+    shape = (num_frames, side, side, self.channels)
     noise_fn = self._noise_fn(shape)
     noise = np.zeros((n,) + shape, np.float32)
     for i, seed in enumerate(seeds):
       noise[i] = np.asarray(noise_fn(rng.derive(int(seed), 0, "sample/noise")))
     # Without a layout every token may attend to the identity: all-ones masks,
     # which is what the trainer's mask dropout taught the model to handle.
-    masks = np.ones((n, c, num_frames, res, res), np.float32)
+    masks = np.ones((n, c, num_frames, side, side), np.float32)
     if boxes is not None:
-      masks[:b] = layout_lib.face_masks(boxes, res, res)
+      masks[:b] = layout_lib.face_masks(boxes, side, side)
     return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks)
 
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
@@ -354,7 +385,7 @@ class Generator:
       if i == 0:
         jax.block_until_ready([c["x"] for c in chunks])
         timings["first_step_s"] = time.perf_counter() - start  # includes compilation
-    frames = np.concatenate([np.asarray(diffusion.to_uint8(c["x"])) for c in chunks])[:b]
+    frames = np.concatenate([np.asarray(self._to_frames(c["x"])) for c in chunks])[:b]
     timings["sampling_s"] = time.perf_counter() - start
     timings["steps"] = steps
     timings["model_passes_per_evaluation"] = passes
@@ -362,6 +393,7 @@ class Generator:
         (timings["sampling_s"] - timings["first_step_s"]) / max(steps - 1, 1))
     metadata = [dict(seed=int(seeds[i]), identity_strength=float(strengths[i]), prompt=prompts[i],
                      num_references=[len(c) for c in references[i]]) for i in range(b)]
+    res = self.resolution
     return dict(frames=frames[..., :3], boxes=boxes,
-                masks=None if boxes is None else host.face_masks[:b],
+                masks=None if boxes is None else layout_lib.face_masks(boxes, res, res),
                 metadata=metadata, timings=timings)

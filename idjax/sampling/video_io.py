@@ -1,19 +1,20 @@
 """Writing clips: MP4 (imageio-ffmpeg), GIF and a PNG contact sheet.
 
-Every writer goes through a temporary file in the target directory and an
-`os.replace`, so an interrupted run never leaves a truncated file under the
-final name. Small clips are upscaled by an integer factor (nearest neighbour,
-so pixels stay exact) for viewing; the factor is the smallest that makes the
-frame side at least `min_side`.
+Every writer goes through a temporary file in the target directory, flushed
+to disk, and an `os.replace`, so an interrupted run never leaves a truncated
+file under the final name. Small clips are upscaled by an integer factor
+(nearest neighbour, so pixels stay exact) for viewing; the factor is the
+smallest that makes the frame side at least `min_side`.
 """
 
-import os
 import warnings
 
 import einops
 import imageio.v2 as imageio
 import numpy as np
 from PIL import Image
+
+from idjax import paths
 
 
 def upscale_factor(side: int, min_side: int) -> int:
@@ -25,19 +26,6 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
   if factor == 1:
     return frames
   return np.repeat(np.repeat(frames, factor, axis=-3), factor, axis=-2)
-
-
-def _atomic(path: str, write):
-  """Calls write(tmp_path) then renames onto path. tmp keeps the extension."""
-  directory, name = os.path.split(os.path.abspath(path))
-  stem, ext = os.path.splitext(name)
-  tmp = os.path.join(directory, f".{stem}.{os.getpid()}.tmp{ext}")
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 def write_mp4(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 256):
@@ -55,7 +43,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 2
       for frame in frames:
         writer.append_data(frame)
 
-  _atomic(path, write)
+  paths.atomic_write(path, write)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 128):
@@ -67,7 +55,7 @@ def write_gif(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 1
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                    duration=int(round(1000 / fps)), loop=0, optimize=False, disposal=1)
 
-  _atomic(path, write)
+  paths.atomic_write(path, write)
 
 
 def contact_sheet(frames: np.ndarray, references=(), gap: int = 2) -> np.ndarray:
@@ -95,11 +83,11 @@ def contact_sheet(frames: np.ndarray, references=(), gap: int = 2) -> np.ndarray
 def write_png(path: str, image: np.ndarray, min_side: int = 128):
   image = np.asarray(image, np.uint8)
   image = upscale(image, upscale_factor(image.shape[0], min_side))
-  _atomic(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+  paths.atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
 def write_json(path: str, text: str):
   def write(tmp):
     with open(tmp, "w") as f:
       f.write(text)
-  _atomic(path, write)
+  paths.atomic_write(path, write)

@@ -61,22 +61,30 @@ def draw_example_randomness(train_config, root, step, index, frames_shape):
   )
 
 
-def make_train_step(config, model, encoder):
-  """Returns `train_step(state, batch, encoder_params) -> (state, metrics)`.
+def make_train_step(config, model, encoder, autoencoder=None):
+  """Returns `train_step(state, batch, frozen) -> (state, metrics)`.
 
-  The frozen encoder's params are an argument rather than part of the state:
-  they are never updated or checkpointed with the video model, and the step
-  wraps them in stop_gradient.
+  `frozen` = dict(face=face-encoder params, autoencoder=autoencoder params or
+  None): the frozen networks' params are an argument rather than part of the
+  state, so they are never updated or checkpointed with the video model, and
+  the step wraps them in stop_gradient.
+
+  With an `autoencoder` (config.model.space == "latent") the model diffuses
+  the clip's latents: frames are encoded here (no gradient), masks are built
+  at the latent grid, and the identity loss decodes the clean estimate's
+  window through the frozen decoder, whose gradient reaches the model.
   """
   tc = config.train
   tx, schedule = make_optimizer(tc)
   lambda_id = float(tc.lambda_id)
 
-  def prepare(state, batch, encoder_params):
+  def prepare(state, batch, frozen):
     """Inputs of the loss for the whole batch (nothing here is differentiated)."""
     x0 = diffusion.to_model_space(batch["frames"])
+    if autoencoder is not None:
+      x0 = jax.lax.stop_gradient(autoencoder.encode(frozen["autoencoder"], x0))
     r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape)
-    ref_emb, ref_fmap = encode_references(encoder, encoder_params, batch["references"])
+    ref_emb, ref_fmap = encode_references(encoder, frozen["face"], batch["references"])
     char_valid = batch["character_valid"] & ~r["drop_identity"][:, None]
     # Masks from the boxes, exactly as sampling builds them from a layout.
     height, width = x0.shape[2:4]
@@ -90,7 +98,7 @@ def make_train_step(config, model, encoder):
         ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
         char_valid=char_valid, masks=masks, boxes=batch["boxes"])
 
-  def loss_fn(params, mb, encoder_params, dropout_key):
+  def loss_fn(params, mb, frozen, dropout_key):
     x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], mb["t"])
     identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
                               mb["char_valid"], mb["masks"])
@@ -105,11 +113,14 @@ def make_train_step(config, model, encoder):
       x0_hat = diffusion.clean_estimate(x_t, mb["t"], v_hat.astype(jnp.float32))
       low_noise = (mb["t"] <= tc.id_loss_max_t).astype(jnp.float32)
       weight = mb["char_valid"].astype(jnp.float32) * low_noise[:, None]
-      frozen = jax.lax.stop_gradient(encoder_params)
+      frozen = jax.lax.stop_gradient(frozen)
+      to_pixels = None if autoencoder is None else (
+          lambda z: autoencoder.decode(frozen["autoencoder"], z))
       identity_loss, terms = losses.identity_loss_on_estimate(
           x0_hat, mb["boxes"], mb["id_start"], mb["ref_emb"], mb["ref_valid"], weight,
-          lambda crops: encoder.apply(frozen, crops)[0], encoder.input_size,
-          min(int(tc.id_loss_frames), x0_hat.shape[1]), tc.lambda_temporal)
+          lambda crops: encoder.apply(frozen["face"], crops)[0], encoder.input_size,
+          min(int(tc.id_loss_frames), x0_hat.shape[1]), tc.lambda_temporal, to_pixels,
+          latent_window=min(int(tc.get("id_loss_latent_window", 0)), *x0_hat.shape[2:4]))
       total = total + lambda_id * identity_loss
       metrics.update(identity_loss=identity_loss, id_reference=terms["reference"],
                      id_temporal=terms["temporal"], id_active=jnp.mean(low_noise))
@@ -128,28 +139,28 @@ def make_train_step(config, model, encoder):
 
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def loss_and_grads(params, inputs, encoder_params, key):
+  def loss_and_grads(params, inputs, frozen, key):
     accum = int(tc.grad_accum)
     if accum == 1:
-      (loss, metrics), grads = grad_fn(params, inputs, encoder_params, key)
+      (loss, metrics), grads = grad_fn(params, inputs, frozen, key)
       return loss, metrics, grads
     micro = jax.tree.map(lambda a: einops.rearrange(a, "(b m) ... -> m b ...", m=accum), inputs)
 
     def body(carry, xs):
       mb, m = xs
-      (loss, metrics), grads = grad_fn(params, mb, encoder_params, jax.random.fold_in(key, m))
+      (loss, metrics), grads = grad_fn(params, mb, frozen, jax.random.fold_in(key, m))
       return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda a: a[0], micro), encoder_params, key)))
+        lambda: grad_fn(params, jax.tree.map(lambda a: a[0], micro), frozen, key)))
     zeros = (zeros[0][0], zeros[0][1], zeros[1])
     total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
     return jax.tree.map(lambda a: a / accum, total)
 
-  def train_step(state: TrainState, batch, encoder_params):
-    inputs = prepare(state, batch, encoder_params)
+  def train_step(state: TrainState, batch, frozen):
+    inputs = prepare(state, batch, frozen)
     key = derive(state.root_key, state.step, "dropout")
-    loss, metrics, grads = loss_and_grads(state.params, inputs, encoder_params, key)
+    loss, metrics, grads = loss_and_grads(state.params, inputs, frozen, key)
     grad_norm = optax.global_norm(grads)
     # A non-finite loss or gradient leaves params, EMA and optimizer untouched.
     ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from idjax import configlib, sharding
+from idjax import config_rules, configlib, paths, sharding
 from idjax.rng import derive
 from idjax.train import checkpoint
 from idjax.train.distributed import Watchdog
@@ -50,23 +50,63 @@ def load_face_encoder(config):
         f"python train.py --config configs/face_encoder.py --workdir {workdir}") from e
 
 
-def model_inputs(config, encoder, batch=1):
+def load_autoencoder(config):
+  """The frozen autoencoder of a latent-space config (None for pixel space)."""
+  space = config.model.get("space", "pixel")
+  if space == "pixel":
+    return None
+  if space != "latent":
+    raise configlib.UsageError(f"config.model.space must be 'pixel' or 'latent', got {space!r}.")
+  from idjax.autoencoder.frozen import FrozenAutoencoder
+  workdir = config.get("autoencoder_workdir", "")
+  try:
+    autoencoder = FrozenAutoencoder.from_workdir(workdir)
+  except ValueError as e:
+    raise configlib.UsageError(
+        f"No video autoencoder in {workdir!r} (config.autoencoder_workdir); make it first with: "
+        f"python train.py --config configs/autoencoder.py --workdir {workdir}") from e
+  check_latent_space(config, autoencoder)
+  return autoencoder
+
+
+def check_latent_space(config, autoencoder):
+  """UsageError unless the model's channels match the autoencoder's latents."""
+  if int(config.model.channels) != autoencoder.latent_channels:
+    raise configlib.UsageError(
+        f"config.model.channels={config.model.channels} but the autoencoder in "
+        f"{config.get('autoencoder_workdir')!r} makes {autoencoder.latent_channels}-channel latents.")
+  autoencoder.latent_shape(int(config.data.num_frames), int(config.data.resolution),
+                           int(config.data.resolution))
+
+
+def model_grid(config, autoencoder=None):
+  """(frames, height, width) of what the model diffuses: the clip, or its latents."""
+  d = config.data
+  if autoencoder is None:
+    return int(d.num_frames), int(d.resolution), int(d.resolution)
+  return autoencoder.latent_shape(int(d.num_frames), int(d.resolution), int(d.resolution))[:3]
+
+
+def model_inputs(config, encoder, batch=1, autoencoder=None):
   """Zero model inputs of the configured shapes (for init and FLOP counts)."""
   from idjax.models import dummy_inputs
   d = config.data
+  frames, height, width = model_grid(config, autoencoder)
   return dummy_inputs(
-      config.model, batch=batch, frames=d.num_frames, height=d.resolution, width=d.resolution,
+      config.model, batch=batch, frames=frames, height=height, width=width,
       text_len=d.text_len, num_chars=d.max_characters, num_refs=d.num_references,
       face_embed_dim=encoder.embed_dim, face_feature_dim=encoder.feature_dim,
       face_cells=encoder.feature_cells)
 
 
-def train_flops_per_step(config, encoder) -> float:
-  """Analytic model FLOPs of one train step (forward x 3 for forward + backward)."""
+def train_flops_per_step(config, encoder, autoencoder=None) -> float:
+  """Analytic model FLOPs of one train step (forward x 3 for forward + backward);
+  the frozen autoencoder's encode/decode are not counted."""
   from idjax.models import forward_flops
   d = config.data
+  frames, height, width = model_grid(config, autoencoder)
   return 3.0 * forward_flops(
-      config.model, config.train.batch_size, d.num_frames, d.resolution, d.resolution,
+      config.model, config.train.batch_size, frames, height, width,
       d.text_len, d.max_characters, d.num_references, face_embed_dim=encoder.embed_dim,
       face_feature_dim=encoder.feature_dim, face_cells=encoder.feature_cells)
 
@@ -92,8 +132,10 @@ class Setup:
 
   abstract_state: TrainState of ShapeDtypeStruct with shardings (for restore).
   init(): a fresh state, created sharded (params never exist unsharded).
-  step(state, batch, encoder_params): the jitted, donating train step; call
-    it inside `activation_sharding` (done by `run_step`).
+  frozen: the frozen networks' params, replicated over the mesh
+    (dict(face=..., autoencoder=... or None)).
+  step(state, batch, frozen): the jitted, donating train step; call it
+    inside `activation_sharding` (done by `run_step`).
   jitted(batch): the underlying jax.jit object (for lower / compile / cost).
   """
   config: object
@@ -101,21 +143,23 @@ class Setup:
   abstract_state: object
   state_shardings: object
   init: object
+  frozen: object
   step: object
   jitted: object
 
-  def run_step(self, state, batch, encoder_params):
+  def run_step(self, state, batch, frozen=None):
     with sharding.activation_sharding(self.mesh, self.config.sharding.rules):
-      return self.step(state, batch, encoder_params)
+      return self.step(state, batch, self.frozen if frozen is None else frozen)
 
 
-def make_setup(config, model, encoder, mesh) -> Setup:
+def make_setup(config, model, encoder, mesh, autoencoder=None) -> Setup:
   rules = config.sharding.rules
   tx, _ = make_optimizer(config.train)
 
   def init_boxed():
     key = derive(config.seed, 0, "init")
-    variables = model.init({"params": key, "dropout": key}, *model_inputs(config, encoder))
+    variables = model.init({"params": key, "dropout": key},
+                           *model_inputs(config, encoder, autoencoder=autoencoder))
     return create_state(variables["params"], tx, config.seed)
 
   boxed = jax.eval_shape(init_boxed)
@@ -127,8 +171,10 @@ def make_setup(config, model, encoder, mesh) -> Setup:
   def batch_shardings(batch):
     return {k: sharding.batch_sharding(mesh, jnp.ndim(v), rules) for k, v in batch.items()}
 
-  step_fn = make_train_step(config, model, encoder)
+  step_fn = make_train_step(config, model, encoder, autoencoder)
   replicated = sharding.replicated(mesh)
+  frozen = put_replicated(dict(face=encoder.params,
+                               autoencoder=None if autoencoder is None else autoencoder.params), mesh)
   compiled = {}
 
   def jitted(batch):
@@ -140,10 +186,10 @@ def make_setup(config, model, encoder, mesh) -> Setup:
           out_shardings=(state_shardings, replicated), donate_argnums=(0,))
     return compiled[signature]
 
-  def step(state, batch, encoder_params):
-    return jitted(batch)(state, batch, encoder_params)
+  def step(state, batch, frozen):
+    return jitted(batch)(state, batch, frozen)
 
-  return Setup(config, mesh, abstract, state_shardings, init, step, jitted)
+  return Setup(config, mesh, abstract, state_shardings, init, frozen, step, jitted)
 
 
 class _StopFlag:
@@ -167,15 +213,18 @@ class _StopFlag:
 
 
 def _start_state(workdir, config, manager, setup):
-  """The latest checkpoint's state (refusing an incompatible one before
-  touching it) or a fresh one; then records the config in the workdir."""
+  """The newest readable checkpoint's state (refusing an incompatible one
+  before touching it; unreadable newer steps are moved aside to
+  checkpoints/bad-<step>) or a fresh one; then records the config."""
   config_path = os.path.join(workdir, checkpoint.CONFIG_FILE)
-  latest = manager.latest_step()
-  if latest is not None:
+  state = None
+  if manager.all_steps():
     if os.path.isfile(config_path):
-      checkpoint.check_compatible(configlib.load_saved_config(config_path), config)
-    state = checkpoint.restore(manager, latest, setup.abstract_state)
-  else:
+      checkpoint.check_compatible(checkpoint.read_saved_config(config_path), config)
+    _, state = checkpoint.restore_newest(
+        manager, lambda step: checkpoint.restore(manager, step, setup.abstract_state),
+        move_aside=True)
+  if state is None:
     state = setup.init()
   if jax.process_index() == 0:
     configlib.save_config(config, config_path)
@@ -213,24 +262,30 @@ def _write_samples(config, workdir, step, num=2):
                        video_io.contact_sheet(frames, refs))
 
 
-def train(config, workdir, *, model=None, encoder=None, batches=None, stop_at=None,
-          progress=True, sample_hook=_write_samples) -> dict:
+def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batches=None,
+          stop_at=None, progress=True, sample_hook=_write_samples) -> dict:
   """Trains (or resumes) the video model in `workdir`; returns the last metrics.
 
   `stop_at`: leave after that step with a checkpoint, as a preemption would
   (time-boxed jobs; the resume tests). `sample_hook(config, workdir, step)`
   writes samples every train.sample_every steps and at the end (None: off).
 
-  `model`, `encoder` and `batches` (anything with `batch_at(step)`) default
-  to those the config names; tests pass small ones. Raises TrainingDiverged
+  `model`, `encoder`, `autoencoder` (latent space only) and `batches`
+  (anything with `batch_at(step)`) default to those the config names; tests
+  pass small ones. Raises TrainingDiverged
   after too many non-finite steps in a row.
   """
   from idjax.models import build_model
 
   tc = config.train
-  workdir = os.path.abspath(workdir)
+  config_rules.check(config, num_devices=jax.device_count())
+  workdir = paths.check_folder(workdir, "--workdir")
   os.makedirs(workdir, exist_ok=True)
   encoder = encoder if encoder is not None else load_face_encoder(config)
+  if autoencoder is None:
+    autoencoder = load_autoencoder(config)
+  else:
+    check_latent_space(config, autoencoder)
   model = model if model is not None else build_model(config.model)
   mesh = build_mesh(config)
   batch_axis = sharding.batch_axis_size(mesh, config.sharding.rules)
@@ -239,16 +294,15 @@ def train(config, workdir, *, model=None, encoder=None, batches=None, stop_at=No
         f"train.batch_size={tc.batch_size} must divide by the {batch_axis} batch shards "
         f"times train.grad_accum={tc.grad_accum}.")
 
-  setup = make_setup(config, model, encoder, mesh)
+  setup = make_setup(config, model, encoder, mesh, autoencoder)
   manager = checkpoint.make_manager(workdir, tc)
   state = _start_state(workdir, config, manager, setup)
-  encoder_params = put_replicated(encoder.params, mesh)
   if batches is None:
     from idjax.data.pipeline import GlobalBatches, make_source
     batches = GlobalBatches(make_source(config.data), global_batch_size=tc.batch_size,
                             seed=config.data.seed, mesh=mesh, rules=config.sharding.rules,
                             text_len=config.data.text_len)
-  flops = train_flops_per_step(config, encoder)
+  flops = train_flops_per_step(config, encoder, autoencoder)
   writer = MetricsWriter(workdir)
   step = int(host_value(state.step))
   bar = _progress(step, tc.steps, progress and jax.process_index() == 0)
@@ -258,7 +312,7 @@ def train(config, workdir, *, model=None, encoder=None, batches=None, stop_at=No
     with _StopFlag() as stop:
       batch = batches.batch_at(step)
       while step < tc.steps:
-        state, metrics = setup.run_step(state, batch, encoder_params)
+        state, metrics = setup.run_step(state, batch)
         step += 1
         # The step runs asynchronously: render the next batch meanwhile.
         batch = batches.batch_at(step) if step < tc.steps else None

@@ -1,0 +1,134 @@
+"""A trained video autoencoder, loaded for frozen use (the video DiT's latent space).
+
+An autoencoder workdir holds `config.json` (the autoencoder config), `params/`
+(an orbax checkpoint of the params, no optimizer state) and
+`latent_stats.json` (per-channel mean and std of the raw latents over
+training clips). `FrozenAutoencoder` is the `encode` / `decode` protocol that
+a pretrained video VAE implements as well.
+"""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+
+from idjax.autoencoder.model import Autoencoder, autoencoder_from_config
+
+CONFIG_FILE = "config.json"
+PARAMS_DIR = "params"
+STATS_FILE = "latent_stats.json"
+
+
+def save_autoencoder(workdir, config, params, latent_mean, latent_std) -> None:
+  """Writes `config.json`, the params checkpoint and the latent statistics."""
+  workdir = os.path.abspath(os.fspath(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+    f.write(config.to_json(indent=2))
+  params = jax.tree.map(np.asarray, params)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(workdir, PARAMS_DIR), params, force=True)
+  checkpointer.wait_until_finished()
+  # float32 -> Python float -> JSON -> float32 is exact.
+  stats = dict(mean=[float(v) for v in np.asarray(latent_mean, np.float32)],
+               std=[float(v) for v in np.asarray(latent_std, np.float32)])
+  with open(os.path.join(workdir, STATS_FILE), "w") as f:
+    json.dump(stats, f, indent=2)
+
+
+def abstract_params(module: Autoencoder):
+  """ShapeDtypeStructs of the module's params (no FLOPs spent)."""
+  s = module.spatial_factor
+  frames = jnp.zeros((1, 1, s, s, 3))
+  noise = jnp.zeros((1, 1, 1, 1, module.latent_channels))
+  abstract = jax.eval_shape(module.init, jax.random.key(0), frames, noise)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                      nn.unbox(abstract)["params"])
+
+
+class FrozenAutoencoder:
+  """Config + params + pure encode / decode of a trained video autoencoder.
+
+  Attributes:
+    config: the autoencoder ConfigDict it was trained with.
+    params: its params pytree (plain arrays).
+    spatial_factor: s, pixels per latent cell along height and width.
+    temporal_factor: frames per latent frame (1: one latent frame per frame).
+    latent_channels: C.
+    latent_mean, latent_std: float32 [C], statistics of raw latents over
+      training clips; `encode` returns (raw - mean) / std.
+  """
+
+  def __init__(self, config, params, latent_mean, latent_std):
+    self.config = config
+    self.params = params
+    self.module = autoencoder_from_config(config.model)
+    self.spatial_factor = self.module.spatial_factor
+    self.temporal_factor = 1
+    self.latent_channels = self.module.latent_channels
+    self.latent_mean = np.asarray(latent_mean, np.float32).reshape(self.latent_channels)
+    self.latent_std = np.asarray(latent_std, np.float32).reshape(self.latent_channels)
+
+  @classmethod
+  def from_workdir(cls, workdir) -> "FrozenAutoencoder":
+    """Loads a workdir written by `save_autoencoder`; ValueError if none."""
+    workdir = os.path.abspath(os.fspath(workdir))
+    paths = [os.path.join(workdir, name) for name in (CONFIG_FILE, PARAMS_DIR, STATS_FILE)]
+    config_path, params_path, stats_path = paths
+    if not (os.path.isfile(config_path) and os.path.isdir(params_path)
+            and os.path.isfile(stats_path)):
+      raise ValueError(f"{workdir} holds no video autoencoder (expected {CONFIG_FILE}, "
+                       f"{PARAMS_DIR}/ and {STATS_FILE}; train one with "
+                       "configs/autoencoder.py first).")
+    with open(config_path) as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    if config.get("kind") != "autoencoder":
+      raise ValueError(f"{config_path} is not an autoencoder config "
+                       f"(kind={config.get('kind')!r}).")
+    with open(stats_path) as f:
+      stats = json.load(f)
+    abstract = abstract_params(autoencoder_from_config(config.model))
+    params = ocp.StandardCheckpointer().restore(params_path, abstract)
+    return cls(config, params, stats["mean"], stats["std"])
+
+  def latent_shape(self, num_frames: int, height: int, width: int) -> tuple:
+    """(T', h, w, C) of the latents of a [T, H, W, 3] clip."""
+    s = self.spatial_factor
+    if height % s or width % s:
+      raise ValueError(f"Frame size {height}x{width} is not a multiple of the "
+                       f"autoencoder's spatial factor {s}.")
+    return (num_frames // self.temporal_factor, height // s, width // s, self.latent_channels)
+
+  def encode(self, params, frames):
+    """Pure and jit-able; deterministic.
+
+    Args:
+      params: the autoencoder's params (`self.params`, or a traced copy).
+      frames: float [B, T, H, W, 3] in [-1, 1].
+
+    Returns:
+      normalised latents float32 [B, T, H / s, W / s, C]; frame t's latents
+      depend on frames <= t only.
+    """
+    raw = self.module.apply({"params": params}, frames.astype(jnp.float32),
+                            method=Autoencoder.encode)
+    return (raw - self.latent_mean) / self.latent_std
+
+  def decode(self, params, latents):
+    """Pure, jit-able, differentiable w.r.t. `latents`.
+
+    Args:
+      params: the autoencoder's params.
+      latents: normalised latents float [B, T, h, w, C].
+
+    Returns:
+      frames float32 [B, T, h * s, w * s, 3], roughly in [-1, 1] (not
+      clipped, so gradients reach every latent).
+    """
+    raw = latents.astype(jnp.float32) * self.latent_std + self.latent_mean
+    return self.module.apply({"params": params}, raw, method=Autoencoder.decode)

@@ -1,0 +1,107 @@
+"""How much memory sampling a clip needs, checked before sampling starts.
+
+An analytic estimate, not a measurement: it counts the tensors that dominate
+one sampler step of VideoDiT (parameters, the clips and the guidance passes'
+velocities, the block activations, and the largest attention score matrix,
+which grows with the square of the frames in temporal attention). It errs
+high, so a clip it accepts fits, and it is cheap enough to run before the
+model loads.
+"""
+
+import math
+import os
+
+import jax
+
+from idjax.configlib import UsageError
+
+_F32 = 4
+
+
+def guidance_passes(text_guidance: float, identity_guidance: float) -> int:
+  """Model evaluations per step (as the Generator runs them)."""
+  if text_guidance == 1.0 and identity_guidance == 1.0:
+    return 1
+  return 2 if text_guidance == 1.0 else 3
+
+
+def sampling_bytes(config, num_frames: int, batch: int, passes: int = 3,
+                   side: int | None = None) -> int:
+  """Peak bytes of one sampler step on `batch` clips of `num_frames` frames
+  (one device's share), for a video config (`model`, `data` sections).
+  `side`: of the grid the model diffuses (the frame in pixel space, the
+  latent grid in latent space; default data.resolution)."""
+  m, d = config.model, config.data
+  pt, ph, pw = (int(v) for v in m.patch_size)
+  height = width = int(d.resolution if side is None else side)
+  act = 2 if str(m.get("dtype", "float32")) in ("bfloat16", "float16") else _F32
+  t, p = math.ceil(num_frames / pt), (height // ph) * (width // pw)
+  tokens = batch * t * p
+  w, heads, ratio = int(m.width), int(m.num_heads), float(m.mlp_ratio)
+  # Per block: spatial, temporal, text and identity attention (4 w^2 each),
+  # the MLP and adaLN modulation (about 9 w^2); plus the text encoder.
+  params = int(m.depth) * (25 + 2 * ratio) * w * w
+  params += int(m.text_layers) * (4 + 2 * ratio) * int(m.text_width) ** 2
+  params *= 2 if str(m.get("param_dtype", "float32")) in ("bfloat16", "float16") else _F32
+  clip = batch * num_frames * height * width * _F32
+  clips = clip * (int(m.channels) * (3 + passes) + int(d.max_characters))  # x, v's, masks
+  clips += batch * num_frames * int(d.resolution) ** 2 * 3 * _F32          # decoded frames
+  hidden = tokens * w * act * (8 + 2 * ratio)
+  spatial = batch * t * heads * p * p * _F32 * 2        # scores and probabilities
+  temporal = batch * p * heads * t * t * _F32 * 2
+  return int(params + clips + hidden + max(spatial, temporal))
+
+
+def available_bytes() -> tuple[int, str]:
+  """(bytes one device may use, where that figure comes from)."""
+  device = jax.local_devices()[0]
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if stats and "bytes_limit" in stats:
+    free = int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    return free, f"free memory of one {device.device_kind}"
+  # CPU devices (simulated ones too) share the host's memory.
+  count = jax.local_device_count()
+  available = _host_available_bytes()
+  where = "available host memory" + (f" shared by {count} devices" if count > 1 else "")
+  return available // count, where
+
+
+def _host_available_bytes() -> int:
+  try:
+    with open("/proc/meminfo") as f:
+      for line in f:
+        if line.startswith("MemAvailable:"):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
+  try:
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+  except (ValueError, OSError, AttributeError):
+    return 1 << 62  # unknown: do not refuse
+
+
+def _gib(n: int) -> str:
+  return f"{n / 2**30:.1f} GiB"
+
+
+def check_fits(config, num_frames: int, passes: int = 3, side: int | None = None,
+               flag: str = "--frames") -> None:
+  """UsageError, with the estimate, the limit and the longest clip that fits,
+  when sampling `num_frames` frames would not fit on a device (arguments as
+  `sampling_bytes`; the batch is config.sample.per_device_batch)."""
+  batch = int(config.sample.get("per_device_batch", 1))
+  need = sampling_bytes(config, num_frames, batch, passes, side)
+  limit, where = available_bytes()
+  if need <= limit:
+    return
+  lo, hi = 0, num_frames  # the longest length that fits (estimates grow with length)
+  while lo < hi:
+    mid = (lo + hi + 1) // 2
+    fits = sampling_bytes(config, mid, batch, passes, side) <= limit
+    lo, hi = (mid, hi) if fits else (lo, mid - 1)
+  pt = int(config.model.patch_size[0])
+  longest = lo - lo % pt
+  raise UsageError(
+      f"{flag} {num_frames} needs about {_gib(need)} per device to sample (an estimate), more "
+      f"than the {_gib(limit)} of {where}; "
+      + (f"at most {longest} frames fit." if longest >= 1 else "not even one frame fits."))
