@@ -47,6 +47,7 @@ def get_config():
   config.train.weight_decay = 0.0
   config.train.grad_clip = 1.0
   config.train.face_box_weight = 3.0      # face-box pixels weigh 1 + this in the L1 term
+  config.train.edge_weight = 0.0          # L1 of the error's pixel differences
   config.train.latent_noise = 0.1         # std of the noise added to latents in training
   config.train.latent_weight = 1e-3       # weight of the latents' mean square
   config.train.face_weight = 0.5          # face-feature term under the training encoder

@@ -16,11 +16,6 @@ def get_config():
 
   config.face_encoder_workdir = "runs/base/face"
   config.eval_encoder_workdir = "runs/base/face_eval"
-  # Pixel space as benchmarked (a latent-space base config would set
-  # model.space = "latent", autoencoder_workdir and channels instead).
-  config.autoencoder_workdir = ""
-  config.model.space = "pixel"
-  config.model.channels = 3
   config.data.resolution = 128
   config.data.num_frames = 16
   config.sample.num_frames = 16

@@ -63,7 +63,7 @@ BAD = [
 
 @pytest.mark.parametrize("overrides, words", BAD, ids=[str(o) for o, _ in BAD])
 def test_bad_values_are_named_with_key_value_and_rule(overrides, words):
-  config = with_overrides("tiny_pixel", **overrides)
+  config = with_overrides("tiny", **overrides)
   with pytest.raises(configlib.UsageError) as e:
     config_rules.check(config)
   message = str(e.value)
@@ -73,7 +73,7 @@ def test_bad_values_are_named_with_key_value_and_rule(overrides, words):
 
 
 def test_every_violation_is_listed_once():
-  config = with_overrides("tiny_pixel", **{"train.steps": "0", "train.keep_checkpoints": "0",
+  config = with_overrides("tiny", **{"train.steps": "0", "train.keep_checkpoints": "0",
                                      "model.num_heads": "0"})
   found = config_rules.violations(config)
   assert len(found) == 3, found   # num_heads=0 does not also break the relations that use it
@@ -89,7 +89,7 @@ def test_device_rules():
 
 
 def test_latent_space_needs_an_autoencoder_workdir():
-  config = load("tiny_pixel").to_dict()
+  config = load("tiny").to_dict()
   config["model"].pop("space", None)          # old configs have neither key: fine
   config.pop("autoencoder_workdir", None)
   config = ml_collections.ConfigDict(config)

@@ -122,7 +122,7 @@ def test_config_json_round_trip(tmp_path):
 
 
 def test_shipped_configs_load():
-  for path in ("configs/tiny.py", "configs/tiny_pixel.py", "configs/base.py"):
+  for path in ("configs/tiny.py", "configs/tiny_latent.py", "configs/base.py"):
     c = configlib.load_config_file(str(pathlib.Path(__file__).parent.parent / path))
     assert c.kind == "video"
     assert sharding.rules_from_config(c.sharding.rules) == sharding.DEFAULT_RULES

@@ -210,7 +210,7 @@ def test_sample_on_a_broken_workdir_exits_2(video_two_steps, tmp_path, capsys, d
 
 # --- train.py: bad values and work folders, before any work -----------------
 
-TINY = os.path.join(ROOT, "configs", "tiny_pixel.py")
+TINY = os.path.join(ROOT, "configs", "tiny.py")
 
 
 def _train(argv, capsys):
@@ -395,7 +395,7 @@ def _peer_death(tmp_path, victim):
   face, work = tmp_path / "face", tmp_path / "video"
   _tiny_face_encoder(face)
   port = _free_port()
-  args = ["--config", "configs/tiny_pixel.py", "--workdir", str(work),
+  args = ["--config", "configs/tiny.py", "--workdir", str(work),
           f"--config.face_encoder_workdir={face}", "--config.train.steps=100000",
           "--config.train.checkpoint_every=100000", "--config.train.log_every=1",
           "--config.train.heartbeat_timeout_s=5", "--coordinator", f"localhost:{port}",

@@ -28,8 +28,8 @@ def _load(name):
 
 
 def tiny_config():
-  """configs/tiny_pixel.py shrunk to compile and run in seconds."""
-  cfg = _load("tiny_pixel")
+  """configs/tiny.py shrunk to compile and run in seconds."""
+  cfg = _load("tiny")
   cfg.data.resolution = 16
   cfg.data.num_frames = 2
   cfg.sample.num_frames = 2

@@ -77,7 +77,7 @@ TINY = ["--config.data.resolution=16", "--config.data.reference_resolution=16",
 def test_sigterm_saves_a_checkpoint_that_resumes(tmp_path):
   face, work = tmp_path / "face", tmp_path / "video"
   _tiny_face_encoder(face)
-  args = ["--config", "configs/tiny_pixel.py", "--workdir", str(work),
+  args = ["--config", "configs/tiny.py", "--workdir", str(work),
           f"--config.face_encoder_workdir={face}", "--config.train.steps=100000",
           "--config.train.checkpoint_every=100000", "--config.train.log_every=1", *TINY]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")

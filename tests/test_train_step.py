@@ -52,7 +52,7 @@ class TinyVideoModel(nn.Module):
 
 
 def tiny_config():
-  config = configlib.load_config_file("configs/tiny_pixel.py")
+  config = configlib.load_config_file("configs/tiny.py")
   d = config.data
   d.resolution, d.num_frames, d.reference_resolution = H, T, H
   d.text_len, d.num_references, d.max_characters = L, K, C

@@ -110,6 +110,8 @@ def make_loss_fn(module: Autoencoder, face: FrozenFaceEncoder, train_config):
 
   Terms (each a mean, so weights do not depend on sizes):
     rec: L1 per pixel, pixels inside face boxes weighted 1 + face_box_weight;
+    edge: the same L1 on horizontal and vertical pixel differences, which a
+      blurred edge pays for in full (in `rec` only its few wrong pixels do);
     latent: mean square of the (un-noised) latents, which keeps their scale
       up against the fixed training noise;
     face: ||f(crop(x_hat)) - f(crop(x))||^2 of the unit embeddings of the
@@ -122,10 +124,13 @@ def make_loss_fn(module: Autoencoder, face: FrozenFaceEncoder, train_config):
   def loss_fn(params, frames, boxes, valid, noise):
     recon, latents = module.apply({"params": params}, frames, tc.latent_noise * noise)
     weight = 1.0 + tc.face_box_weight * box_mask(boxes, valid, *frames.shape[2:4])
-    rec = jnp.mean(weight * jnp.abs(recon - frames)) / jnp.mean(weight)
+    error = recon - frames
+    rec = jnp.mean(weight * jnp.abs(error)) / jnp.mean(weight)
+    edge = (jnp.mean(weight[:, :, 1:] * jnp.abs(jnp.diff(error, axis=2)))
+            + jnp.mean(weight[:, :, :, 1:] * jnp.abs(jnp.diff(error, axis=3)))) / jnp.mean(weight)
     latent = jnp.mean(jnp.square(latents))
-    loss = rec + tc.latent_weight * latent
-    metrics = dict(rec=rec, latent=latent)
+    loss = rec + tc.edge_weight * edge + tc.latent_weight * latent
+    metrics = dict(rec=rec, edge=edge, latent=latent)
     if tc.face_weight == 0:
       return loss, dict(metrics, loss=loss)
 

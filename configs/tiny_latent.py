@@ -1,0 +1,36 @@
+"""The tiny video model in the latent space of the project's video
+autoencoder: 64x64 clips, the DiT on 16x16x8 latents.
+
+The autoencoder (configs/autoencoder.py) maps each 64x64 frame to 16x16x8
+latents (4x spatial, 1x temporal, causal); the DiT works on those with 2x2
+patches, so a frame is 64 tokens, as the 32x32 pixel model's 4x4 patches
+are, and a training step costs about what the pixel model's does. The
+identity loss decodes the clean estimate of 2 consecutive frames per clip,
+only a 10x10-cell (40 px) window around each face, through the frozen
+decoder.
+
+Not yet the demo's default: after 2000 steps its samples are worse than the
+pixel model's (see the README's pixel-vs-latent table); configs/tiny.py is.
+
+  python train.py --config configs/autoencoder.py --workdir runs/latent/autoencoder
+  python train.py --config configs/tiny_latent.py --workdir runs/latent/video \
+      --config.autoencoder_workdir=runs/latent/autoencoder
+"""
+
+import os
+
+from idjax import configlib
+
+
+def get_config():
+  config = configlib.load_config_file(os.path.join(os.path.dirname(__file__), "tiny.py"))
+  # The frozen video autoencoder whose latents the model diffuses.
+  config.autoencoder_workdir = "runs/demo/autoencoder"
+  config.data.resolution = 64
+  config.data.reference_resolution = 64
+  config.model.space = "latent"          # "latent" (autoencoder_workdir's) or "pixel"
+  config.model.channels = 8              # latent channels
+  config.model.patch_size = (1, 2, 2)    # (frames, height, width) of the 16x16 latent grid
+  config.train.id_loss_frames = 2        # consecutive frames per clip, decoded for the loss
+  config.train.id_loss_latent_window = 10  # latent cells (40 px) decoded around each face
+  return config
