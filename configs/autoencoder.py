@@ -2,9 +2,14 @@
 
   python train.py --config configs/autoencoder.py --workdir runs/demo/autoencoder
 
-64x64 frames -> 8x8x16 latents per frame (8x spatial, 1x temporal).
-
-TODO(measurements): filled in from the runs below.
+64x64 frames -> 16x16x8 latents per frame (4x spatial, 1x temporal: the
+encoder is per frame, so frame k's latents depend on frame k alone and
+images and clips share it). 4x with 8 channels against 8x with 16 or 32
+(held-out, 32 clips x 8 frames, 2400 steps on this 2-core CPU): 27.97 dB
+PSNR (face box 25.15 dB) and FaceSim of reconstructions 0.991 under the
+evaluation encoder, against 23.73 dB / 0.957 for 8x with 32 channels. At 4x
+the DiT uses 2x2 patches, so a frame is still 64 tokens
+(configs/tiny_latent.py).
 """
 
 import ml_collections

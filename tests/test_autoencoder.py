@@ -215,7 +215,7 @@ def test_default_model_fits_the_flop_budget():
   flops = lambda f, *a: jax.jit(f).lower(*a).cost_analysis()["flops"] / 4
   encode, decode = flops(ae.encode, ae.params, frames), flops(ae.decode, ae.params, latents)
   assert 50e6 < encode < 150e6, encode
-  assert 50e6 < decode < 150e6, decode
+  assert 50e6 < decode < 160e6, decode
 
 
 def test_init_and_noise_are_functions_of_the_seed():
