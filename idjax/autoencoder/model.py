@@ -2,28 +2,30 @@
 
 Frames [B, T, H, W, 3] in [-1, 1] map to latents [B, T, H / s, W / s, C] and
 back (s = `patch * 2 ** (len(widths) - 1)`, temporal factor 1). Every layer
-works on one frame at a time except the causal temporal convolutions of the
-lowest-resolution level, which read frames t - k + 1 .. t only (the past is
-padded by repeating the first frame), so frame t's latent never depends on
-later frames, and a single image is a one-frame clip.
+works on one frame at a time, except (temporal_kernel > 1) the causal
+temporal convolutions of the lowest-resolution level, which read frames
+t - k + 1 .. t only (the past is padded by repeating the first frame). Either
+way frame t's latent never depends on later frames, and a single image is a
+one-frame clip. Normalisation, if any, is per frame (GroupNorm over height,
+width and channel groups, never over time), which keeps the model causal too.
+The shipped config (configs/autoencoder.py, which says why) uses neither
+temporal convs nor normalisation.
 
-Normalisation is per frame (GroupNorm over height, width and channel groups,
-never over time), which keeps the model causal too.
-
-Layout (widths (w0, w1, w2), patch 2, 64x64 input):
-  encoder: space-to-depth 2x -> conv3x3 w0 @32 -> blocks -> stride-2 conv w1 @16
-    -> blocks -> stride-2 conv w2 @8 -> blocks (+ temporal) -> GN-SiLU-conv3x3 C
-  decoder: conv3x3 w2 @8 -> blocks (+ temporal) -> nearest 2x + conv3x3 w1 @16
-    -> blocks -> nearest 2x + conv3x3 w0 @32 -> blocks -> GN-SiLU -> nearest 2x
-    + conv3x3 3 @64.
+Layout (widths (w0, w1), patch 2, 64x64 frames; a ResBlock is
+[GN]-SiLU-conv3x3-[GN]-SiLU-conv3x3 plus its input):
+  encoder: space-to-depth 2x -> conv3x3 w0 @32 -> ResBlocks -> stride-2 conv3x3
+    w1 @16 -> ResBlocks (+ temporal) -> [GN]-SiLU-conv3x3 C @16
+  decoder: conv3x3 w1 @16 -> ResBlocks (+ temporal) -> nearest 2x + conv3x3 w0
+    @32 -> ResBlocks -> [GN]-SiLU -> nearest 2x + conv3x3 3 @64.
 Nothing wide runs at full resolution: at 64x64 a 3x3 conv between even 16
-channels costs as much as a whole residual block at 8x8. The encoder's first
-map is a lossless space-to-depth, the decoder's last a conv straight to RGB
-(depth-to-space there left a visible 2x2 grid early in training).
+channels costs as much as a residual block of 64 channels at 16x16. The
+encoder's first map is a lossless space-to-depth, the decoder's last a conv
+straight to RGB (depth-to-space there left a visible 2x2 grid).
 
 The latent is deterministic (the encoder's output); training adds Gaussian
 noise of a fixed std to it and penalises its mean square (a fixed-variance
-VAE), so the decoder tolerates the small errors a diffusion model makes.
+VAE), so the decoder tolerates small errors of a diffusion model.
+`PatchDiscriminator` is the training-only critic of the adversarial term.
 
 Params carry logical axis names like the face encoder (conv kernels
 `(None, None, "conv_in", "conv_out")`, norms `("norm",)`); take `nn.unbox` of
@@ -64,7 +66,6 @@ class CausalTemporalConv(nn.Module):
   only the past; frames before the first are copies of the first."""
   features: int
   kernel: int
-  zero_init: bool = True
 
   @nn.compact
   def __call__(self, x):  # [B, T, H, W, C] -> [B, T, H, W, F]
@@ -73,20 +74,21 @@ class CausalTemporalConv(nn.Module):
         [jnp.repeat(x[:, :1], self.kernel - 1, axis=1), x], axis=1)
     windows = jnp.concatenate(
         [padded[:, i:i + t] for i in range(self.kernel)], axis=-1)
-    init = nn.initializers.zeros if self.zero_init else nn.initializers.lecun_normal()
+    # Zero-initialised: the sublayer starts as the identity (see ResBlock).
     return nn.Dense(
         self.features, name="proj",
-        kernel_init=nn.with_logical_partitioning(init, ("conv_in", "conv_out")),
+        kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                 ("conv_in", "conv_out")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("conv_out",)))(windows)
 
 
 class ResBlock(nn.Module):
-  """GN-SiLU-conv3x3-GN-SiLU-conv3x3 plus the input, then (temporal_kernel > 1)
-  a causal temporal sublayer GN-SiLU-temporal conv plus its input. The last
-  conv of each branch starts at zero, so a block starts as the identity."""
+  """[GN]-SiLU-conv3x3-[GN]-SiLU-conv3x3 plus the input, then (temporal_kernel
+  > 1) a causal temporal sublayer [GN]-SiLU-temporal conv plus its input. The
+  last conv of each branch starts at zero, so a block starts as the identity."""
   features: int
   temporal_kernel: int = 1
-  groups: int = 8
+  groups: int = 0
 
   @nn.compact
   def __call__(self, x):  # [B, T, H, W, F] -> same
@@ -116,14 +118,15 @@ class Encoder(nn.Module):
     patch: space-to-depth factor before the first conv.
     temporal_kernel: frames read by the causal temporal convs of the last
       level (1 = none: every frame is encoded alone).
-    groups: GroupNorm groups (reduced to a divisor of each width).
+    groups: GroupNorm groups (reduced to a divisor of each width); 0: no
+      normalisation.
   """
-  widths: Sequence[int] = (32, 64, 128)
-  blocks: Sequence[int] = (1, 1, 1)
-  latent_channels: int = 16
+  widths: Sequence[int] = (32, 64)
+  blocks: Sequence[int] = (1, 2)
+  latent_channels: int = 8
   patch: int = 2
-  temporal_kernel: int = 3
-  groups: int = 8
+  temporal_kernel: int = 1
+  groups: int = 0
 
   @nn.compact
   def __call__(self, frames):
@@ -145,11 +148,11 @@ class Decoder(nn.Module):
 
   Attributes as in `Encoder`; `blocks[i]` residual blocks run at level i.
   """
-  widths: Sequence[int] = (32, 64, 128)
-  blocks: Sequence[int] = (1, 1, 1)
+  widths: Sequence[int] = (32, 64)
+  blocks: Sequence[int] = (1, 2)
   patch: int = 2
-  temporal_kernel: int = 3
-  groups: int = 8
+  temporal_kernel: int = 1
+  groups: int = 0
 
   @nn.compact
   def __call__(self, latents):
@@ -174,13 +177,13 @@ class Autoencoder(nn.Module):
     widths, encoder_blocks, decoder_blocks, latent_channels, patch,
     temporal_kernel, groups: see `Encoder` / `Decoder`.
   """
-  widths: Sequence[int] = (32, 64, 128)
-  encoder_blocks: Sequence[int] = (1, 1, 1)
-  decoder_blocks: Sequence[int] = (1, 1, 1)
-  latent_channels: int = 16
+  widths: Sequence[int] = (32, 64)
+  encoder_blocks: Sequence[int] = (1, 2)
+  decoder_blocks: Sequence[int] = (1, 2)
+  latent_channels: int = 8
   patch: int = 2
-  temporal_kernel: int = 3
-  groups: int = 8
+  temporal_kernel: int = 1
+  groups: int = 0
 
   def setup(self):
     self.encoder = Encoder(self.widths, self.encoder_blocks, self.latent_channels,
@@ -214,8 +217,35 @@ class Autoencoder(nn.Module):
     return self.decode(z + noise), z
 
 
+class PatchDiscriminator(nn.Module):
+  """Frames [N, H, W, 3] -> real/fake logits [N, H / 4, W / 4], one per
+  overlapping ~18-pixel patch. Used only in training: an adversarial term is
+  what makes the decoder draw edges as sharp as the renders' rather than the
+  blur that a pixel loss settles for within a few thousand steps."""
+  widths: Sequence[int] = (32, 64)
+
+  @nn.compact
+  def __call__(self, frames):
+    x = frames
+    for i, width in enumerate(self.widths):
+      x = nn.Conv(width, (4, 4), strides=(2, 2), padding="SAME", name=f"conv{i}",
+                  kernel_init=nn.with_logical_partitioning(nn.initializers.he_normal(),
+                                                          _CONV_NAMES))(x)
+      x = nn.leaky_relu(x, 0.2)
+    return nn.Conv(1, (3, 3), padding="SAME", name="logits")(x)[..., 0]
+
+
 def autoencoder_from_config(model_config) -> Autoencoder:
-  """The Autoencoder of an autoencoder config's `model` section."""
+  """The Autoencoder of an autoencoder config's `model` section; ValueError
+  naming the key if the section is inconsistent."""
+  levels = len(model_config.widths)
+  for key in ("encoder_blocks", "decoder_blocks"):
+    if len(model_config[key]) != levels:
+      raise ValueError(f"model.{key} needs one entry per level of model.widths "
+                       f"({levels}), got {tuple(model_config[key])}.")
+  for key, low in (("latent_channels", 1), ("patch", 1), ("temporal_kernel", 1), ("groups", 0)):
+    if int(model_config[key]) < low:
+      raise ValueError(f"model.{key} must be >= {low}, got {model_config[key]}.")
   return Autoencoder(
       widths=tuple(model_config.widths),
       encoder_blocks=tuple(model_config.encoder_blocks),

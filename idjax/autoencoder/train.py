@@ -2,10 +2,11 @@
 
 Reads top to bottom: render a batch of clips (on the fly, addressed by
 (seed, step)) -> init -> a short pure train step (noised latents,
-face-weighted L1, latent-norm penalty, face-feature term under the frozen training face
-encoder; AdamW) -> loop -> latent statistics -> save -> a report on held-out
-identities (PSNR, face-box PSNR, FaceSim under the evaluation encoder) and a
-contact sheet.
+face-weighted L1, latent-norm penalty, face-feature term under the frozen
+training face encoder, adversarial term of a small patch discriminator;
+AdamW) -> loop -> latent statistics -> save -> a report on held-out
+identities (PSNR, face-box PSNR, FaceSim under the evaluation encoder,
+high-frequency energy) and a contact sheet.
 """
 
 import concurrent.futures
@@ -24,7 +25,7 @@ import tqdm
 
 from idjax import rng
 from idjax.autoencoder.frozen import FrozenAutoencoder, abstract_params, save_autoencoder
-from idjax.autoencoder.model import Autoencoder, autoencoder_from_config
+from idjax.autoencoder.model import Autoencoder, PatchDiscriminator, autoencoder_from_config
 from idjax.data import world
 from idjax.eval import realism
 from idjax.eval.metrics import FaceScorer
@@ -92,6 +93,19 @@ def make_optimizer(train_config):
                      optax.adamw(schedule, weight_decay=train_config.weight_decay))
 
 
+def make_disc_optimizer(train_config):
+  # The usual GAN moments (beta1 0.5): the target moves as the decoder learns.
+  return optax.chain(optax.clip_by_global_norm(train_config.grad_clip),
+                     optax.adam(train_config.lr, b1=0.5, b2=0.9))
+
+
+def init_disc_params(disc: PatchDiscriminator, config):
+  frames = jnp.zeros((1, config.data.resolution, config.data.resolution, 3))
+  with jax.threefry_partitionable(False):
+    variables = jax.jit(disc.init)(rng.derive(config.seed, 0, "autoencoder_disc_init"), frames)
+  return nn.unbox(variables)["params"]
+
+
 def init_params(module: Autoencoder, config):
   s = module.spatial_factor
   frames = jnp.zeros((1, 1, config.data.resolution, config.data.resolution, 3))
@@ -106,12 +120,10 @@ def init_params(module: Autoencoder, config):
 
 
 def make_loss_fn(module: Autoencoder, face: FrozenFaceEncoder, train_config):
-  """loss_fn(params, frames, boxes, valid, noise) -> (loss, metrics dict).
+  """loss_fn(params, frames, boxes, valid, noise) -> (loss, (metrics, recon)).
 
   Terms (each a mean, so weights do not depend on sizes):
     rec: L1 per pixel, pixels inside face boxes weighted 1 + face_box_weight;
-    edge: the same L1 on horizontal and vertical pixel differences, which a
-      blurred edge pays for in full (in `rec` only its few wrong pixels do);
     latent: mean square of the (un-noised) latents, which keeps their scale
       up against the fixed training noise;
     face: ||f(crop(x_hat)) - f(crop(x))||^2 of the unit embeddings of the
@@ -124,15 +136,12 @@ def make_loss_fn(module: Autoencoder, face: FrozenFaceEncoder, train_config):
   def loss_fn(params, frames, boxes, valid, noise):
     recon, latents = module.apply({"params": params}, frames, tc.latent_noise * noise)
     weight = 1.0 + tc.face_box_weight * box_mask(boxes, valid, *frames.shape[2:4])
-    error = recon - frames
-    rec = jnp.mean(weight * jnp.abs(error)) / jnp.mean(weight)
-    edge = (jnp.mean(weight[:, :, 1:] * jnp.abs(jnp.diff(error, axis=2)))
-            + jnp.mean(weight[:, :, :, 1:] * jnp.abs(jnp.diff(error, axis=3)))) / jnp.mean(weight)
+    rec = jnp.mean(weight * jnp.abs(recon - frames)) / jnp.mean(weight)
     latent = jnp.mean(jnp.square(latents))
-    loss = rec + tc.edge_weight * edge + tc.latent_weight * latent
-    metrics = dict(rec=rec, edge=edge, latent=latent)
+    loss = rec + tc.latent_weight * latent
+    metrics = dict(rec=rec, latent=latent)
     if tc.face_weight == 0:
-      return loss, dict(metrics, loss=loss)
+      return loss, (dict(metrics, loss=loss), recon)
 
     flat = lambda x: einops.rearrange(x, "b c t h w x -> (b c t) h w x")
     crops = jnp.concatenate([flat(face_crops(recon, boxes, size)),
@@ -148,22 +157,59 @@ def make_loss_fn(module: Autoencoder, face: FrozenFaceEncoder, train_config):
     face_term = emb_term + tc.face_feature_weight * fmap_term
 
     loss = loss + tc.face_weight * face_term
-    return loss, dict(metrics, loss=loss, face_emb=emb_term, face_fmap=fmap_term)
+    return loss, (dict(metrics, loss=loss, face_emb=emb_term, face_fmap=fmap_term), recon)
 
   return loss_fn
 
 
-def make_train_step(loss_fn, optimizer):
-  """The pure step: uint8 clips in, updated params and metrics out."""
+def make_train_step(loss_fn, optimizer, disc, disc_optimizer, train_config):
+  """The pure step: (state, uint8 clips, noise, step) -> (state, metrics).
 
-  def train_step(params, opt_state, frames_uint8, boxes, valid, noise):
+  state = dict(params, opt_state, disc_params, disc_opt_state). With
+  gan_weight > 0 the decoder also minimises softplus(-D(x_hat)) from step
+  gan_start on, and the discriminator D learns from the first step to tell
+  frames from reconstructions (the non-saturating logistic GAN). Bounded on
+  purpose: D sees reconstructions clipped to [-1, 1] and the decoder's
+  adversarial gradient is at most D's, so a decoder cannot run off to pixel
+  values that D scores without bound (the unbounded hinge form, -D(x_hat),
+  diverged at weight 0.2).
+  """
+  tc = train_config
+  gan = tc.gan_weight > 0
+  flat = lambda x: einops.rearrange(x, "b t h w c -> (b t) h w c")
+
+  def train_step(state, frames_uint8, boxes, valid, noise, step):
     frames = to_signed(frames_uint8)
-    grads, metrics = jax.grad(loss_fn, has_aux=True)(params, frames, boxes, valid, noise)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    metrics["grad_norm"] = optax.global_norm(grads)
-    return optax.apply_updates(params, updates), opt_state, metrics
+    disc_params = state["disc_params"]
 
-  return jax.jit(train_step, donate_argnums=(0, 1))
+    def generator_loss(params):
+      loss, (metrics, recon) = loss_fn(params, frames, boxes, valid, noise)
+      if gan:
+        fake = disc.apply({"params": disc_params}, flat(jnp.clip(recon, -1.0, 1.0)))
+        adversarial = jnp.mean(jax.nn.softplus(-fake))
+        loss = loss + jnp.where(step >= tc.gan_start, tc.gan_weight, 0.0) * adversarial
+        metrics = dict(metrics, loss=loss, adversarial=adversarial)
+      return loss, (metrics, recon)
+
+    grads, (metrics, recon) = jax.grad(generator_loss, has_aux=True)(state["params"])
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    metrics["grad_norm"] = optax.global_norm(grads)
+    state = dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt_state)
+    if not gan:
+      return state, metrics
+
+    def disc_loss(disc_params):
+      real = disc.apply({"params": disc_params}, flat(frames))
+      fake = disc.apply({"params": disc_params},
+                        flat(jnp.clip(jax.lax.stop_gradient(recon), -1.0, 1.0)))
+      return jnp.mean(jax.nn.softplus(-real)) + jnp.mean(jax.nn.softplus(fake))
+
+    metrics["disc"], disc_grads = jax.value_and_grad(disc_loss)(disc_params)
+    updates, disc_opt_state = disc_optimizer.update(disc_grads, state["disc_opt_state"])
+    return dict(state, disc_params=optax.apply_updates(disc_params, updates),
+                disc_opt_state=disc_opt_state), metrics
+
+  return jax.jit(train_step, donate_argnums=0)
 
 
 def step_noise(seed: int, step: int, shape) -> np.ndarray:
@@ -173,14 +219,23 @@ def step_noise(seed: int, step: int, shape) -> np.ndarray:
 
 
 def fit(config, show_progress: bool = True, face: FrozenFaceEncoder | None = None):
-  """Trains from scratch. Returns (module, params, history of (step, metrics))."""
+  """Trains from scratch, printing metrics every `train.log_every` steps.
+
+  Returns (module, params, history of (step, metrics)).
+  """
   dc, tc = config.data, config.train
   module = autoencoder_from_config(config.model)
   face = face or FrozenFaceEncoder.from_workdir(config.face_encoder_workdir)
   params = init_params(module, config)
   optimizer = make_optimizer(tc)
-  opt_state = optimizer.init(params)
-  train_step = make_train_step(make_loss_fn(module, face, tc), optimizer)
+  state = dict(params=params, opt_state=optimizer.init(params), disc_params=None,
+               disc_opt_state=None)
+  disc, disc_optimizer = PatchDiscriminator(tuple(tc.disc_widths)), make_disc_optimizer(tc)
+  if tc.gan_weight > 0:
+    state["disc_params"] = init_disc_params(disc, config)
+    state["disc_opt_state"] = disc_optimizer.init(state["disc_params"])
+  train_step = make_train_step(make_loss_fn(module, face, tc), optimizer, disc,
+                               disc_optimizer, tc)
 
   cfg = world_config(dc, dc.num_frames)
   s = module.spatial_factor
@@ -201,17 +256,20 @@ def fit(config, show_progress: bool = True, face: FrozenFaceEncoder | None = Non
       clips, noise = upcoming.result()
       if step + 1 < tc.steps:   # render the next batch while this one trains
         upcoming = pool.submit(batch, step + 1)
-      params, opt_state, metrics = train_step(params, opt_state, clips["frames"],
-                                              clips["boxes"], clips["valid"], noise)
+      state, metrics = train_step(state, clips["frames"], clips["boxes"], clips["valid"],
+                                  noise, step)
       if (step + 1) % tc.log_every == 0 or step + 1 == tc.steps:
         metrics = {k: float(v) for k, v in metrics.items()}
         history.append((step + 1, metrics))
         steps.set_postfix(loss=f"{metrics['loss']:.4f}")
-  return module, params, history
+        tqdm.tqdm.write(f"autoencoder step {step + 1}: "
+                        + ", ".join(f"{k} {v:.4f}" for k, v in sorted(metrics.items())))
+  return module, state["params"], history
 
 
 def latent_statistics(module: Autoencoder, params, config):
-  """Per-channel mean and std float32 [C] of raw latents over `config.stats.num_clips` training clips."""
+  """Per-channel mean and std float32 [C] of raw latents over
+  `config.stats.num_clips` training clips."""
   encode = jax.jit(lambda p, x: module.apply({"params": p}, to_signed(x),
                                              method=Autoencoder.encode))
   dc = config.data
@@ -356,9 +414,6 @@ def train_autoencoder(config, workdir, progress: bool = True) -> dict:
   start = time.perf_counter()
   module, params, history = fit(config, progress, face)
   train_seconds = time.perf_counter() - start
-  for step, m in history:
-    print(f"autoencoder step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in m.items()),
-          flush=True)
 
   mean, std = latent_statistics(module, params, config)
   save_autoencoder(workdir, config, params, mean, std)
@@ -382,5 +437,6 @@ def train_autoencoder(config, workdir, progress: bool = True) -> dict:
         f"{report['face_sim_floor_other_identity']:.3f}); high-frequency energy / real: "
         + ", ".join(f"{k} {v:.2f}" for k, v in report["hf_ratio"].items())
         + f"; encode {summary['encode_mflops_per_frame']:.0f} / decode "
-        f"{summary['decode_mflops_per_frame']:.0f} MFLOP per frame; contact sheet {os.path.join(workdir, SHEET_FILE)}", flush=True)
+        f"{summary['decode_mflops_per_frame']:.0f} MFLOP per frame; contact sheet "
+        f"{os.path.join(workdir, SHEET_FILE)}", flush=True)
   return report
