@@ -3,16 +3,33 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 RUNS ?= runs/demo
+# Exact versions (CI and `make install`); pyproject.toml keeps the ranges.
+LOCK := requirements-lock.txt
 
-.PHONY: install demo test test-slow bench clean-demo
+.PHONY: install demo test test-slow lint format bench clean-demo
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
+
+# The linters at the versions in $(LOCK) (installed into the venv when missing).
+$(VENV)/.linters: $(VENV)/.installed $(LOCK)
+	$(PY) -m pip install -q -c $(LOCK) ruff pyink
+	touch $@
+
+# Check only: ruff's rules and pyink's formatting, both configured in pyproject.toml.
+lint: $(VENV)/.linters
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pyink --check .
+
+# Rewrites files: pyink's formatting and ruff's safe fixes.
+format: $(VENV)/.linters
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/pyink .
 
 # Train both face encoders and the tiny video model on the synthetic world,
 # sample held-out identities, print the evaluation table.

@@ -4,9 +4,10 @@
   python train.py --config configs/tiny.py --workdir runs/demo/video [--config.key=value ...]
 
 Restarting with the same --workdir resumes from its latest checkpoint.
-SIGTERM / Ctrl-C save a checkpoint and exit 0. Several processes (one per
-host): --coordinator HOST:PORT --num-processes N --process-id I, or the
-environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+SIGTERM / Ctrl-C save a checkpoint and exit 0. --profile-steps 5,8 writes a
+jax.profiler trace of steps 6..8 to WORKDIR/profile (video model only).
+Several processes (one per host): --coordinator HOST:PORT --num-processes N
+--process-id I, or the environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
 Process 0's coordination service has no authentication: a localhost coordinator
 listens on loopback only; for several hosts, --coordinator-bind HOST:PORT picks
 a trusted interface (JAX's default is every interface).
@@ -29,6 +30,9 @@ def parse_args(argv):
   p.add_argument("--num-processes", type=int, default=None)
   p.add_argument("--process-id", type=int, default=None)
   p.add_argument("--no-progress", action="store_true")
+  p.add_argument("--profile-steps", "--profile_steps", default=None, metavar="START,STOP",
+                 help="video model: write a jax.profiler trace of the steps after START up "
+                 "to STOP to WORKDIR/profile")
   known, rest = p.parse_known_args(argv)
   config = configlib.load_config_file(known.config)
   leftover = configlib.parse_overrides(config, rest)
@@ -36,7 +40,22 @@ def parse_args(argv):
     raise configlib.UsageError(f"Unrecognised argument {leftover[0]!r}.")
   config_rules.check(config)
   paths.check_folder(known.workdir, "--workdir")
+  known.profile_steps = parse_profile_steps(known.profile_steps)
   return config, known
+
+
+def parse_profile_steps(text):
+  """'START,STOP' -> (start, stop) with 0 <= start < stop; None -> None."""
+  if text is None:
+    return None
+  try:
+    start, stop = (int(part) for part in text.split(","))
+  except ValueError:
+    start = stop = None
+  if start is None or not 0 <= start < stop:
+    raise configlib.UsageError(
+        f"--profile-steps must be START,STOP with 0 <= START < STOP, got {text!r}.")
+  return start, stop
 
 
 @configlib.exit_on_usage_error
@@ -46,6 +65,8 @@ def main(argv):
   if kind not in ("video", "face_encoder", "autoencoder"):
     raise configlib.UsageError(
         f"config.kind must be 'video', 'face_encoder' or 'autoencoder', got {kind!r}.")
+  if args.profile_steps and kind != "video":
+    raise configlib.UsageError(f"--profile-steps profiles the video model, not a {kind} run.")
 
   from idjax.train import distributed
   settings = distributed.settings_from(args.coordinator, args.num_processes, args.process_id,
@@ -65,7 +86,8 @@ def main(argv):
 
   from idjax.train import trainer
   try:
-    metrics = trainer.train(config, args.workdir, progress=not args.no_progress)
+    metrics = trainer.train(config, args.workdir, progress=not args.no_progress,
+                            profile_steps=args.profile_steps)
   except trainer.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -24,10 +24,10 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
-import jax  # noqa: E402
+import jax
 
-from idjax import configlib, sharding  # noqa: E402
-import train_step as bench  # noqa: E402
+from idjax import configlib, sharding
+import train_step as bench
 
 KINDS = (  # first match wins; patterns are matched against lower-cased names
     ("attention", r"cudnn|flash|fmha|attention|softmax"),

@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from idjax import configlib  # noqa: E402
+from idjax import configlib
 
 
 def random_generator(config_path, face_config_path, overrides):
@@ -32,7 +32,8 @@ def random_generator(config_path, face_config_path, overrides):
   fparams = jax.jit(lambda k: nn.unbox(encoder.init(k, jnp.zeros((1, size, size, 3))))["params"])(
       jax.random.key(1))
   fe = FrozenFaceEncoder(fcfg, fparams)
-  import os, sys
+  import os
+  import sys
   sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   from train_step import random_autoencoder
   autoencoder = random_autoencoder(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -21,17 +21,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import flax.linen as nn  # noqa: E402
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import idjax  # noqa: E402,F401
-from idjax import configlib, sharding  # noqa: E402
-from idjax.face.encoder import encoder_from_config  # noqa: E402
-from idjax.face.frozen import FrozenFaceEncoder  # noqa: E402
-from idjax.models import build_model  # noqa: E402
-from idjax.train import trainer  # noqa: E402
+from idjax import configlib, sharding
+from idjax.face.encoder import encoder_from_config
+from idjax.face.frozen import FrozenFaceEncoder
+from idjax.models import build_model
+from idjax.train import trainer
 
 
 def matmul_flops_per_s(n: int, dtype, repeats: int = 3) -> float:

@@ -14,7 +14,8 @@ before a key existed, still load); keys no table names are not an error
 import dataclasses
 import math
 import numbers
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from idjax.configlib import UsageError
 

@@ -17,13 +17,13 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "bench")]
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-from idjax import configlib  # noqa: E402
-from idjax.models import attention  # noqa: E402
-import train_step as bench  # noqa: E402
+from idjax import configlib
+from idjax.models import attention
+import train_step as bench
 
 SHAPES = [  # (batch, Lq, Lk, heads, head_dim): spatial, temporal, text, identity bank, resampler
     (8, 256, 256, 16, 72), (64, 8, 8, 16, 72), (2, 2048, 64, 16, 72),

@@ -7,10 +7,11 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-import jax  # noqa: E402  (after the flags on purpose)
-import pytest  # noqa: E402
+# Imported after the flags on purpose (E402 is off for this file in pyproject.toml).
+import jax
+import pytest
 
-import idjax  # noqa: E402,F401  (sets partitionable threefry)
+import idjax  # noqa: F401  (sets partitionable threefry)
 
 
 def pytest_configure(config):

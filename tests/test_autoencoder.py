@@ -16,7 +16,7 @@ from idjax import configlib
 from idjax.autoencoder import FrozenAutoencoder, save_autoencoder
 from idjax.autoencoder import train as ae_train
 from idjax.autoencoder.frozen import abstract_params
-from idjax.autoencoder.model import Autoencoder, autoencoder_from_config
+from idjax.autoencoder.model import autoencoder_from_config
 from idjax.face.frozen import FrozenFaceEncoder, build_encoder
 
 CONFIG_PATH = os.path.join(os.path.dirname(__file__), "..", "configs", "autoencoder.py")

@@ -1,56 +1,96 @@
 """Checkpoints: bit-identical resume, refusal of incompatible configs,
-divergence stop, and `load_inference` for the sampler."""
+divergence stop, and `load_inference` for the sampler; the loop's device reads
+(only at sync steps), profiler hook and parameter table."""
 
+import glob
 import json
+import math
 import os
+import re
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from idjax import configlib
 from idjax.train import checkpoint, trainer
 
-import test_train_step as tts  # the tiny stand-in model, encoder and batches
+from helpers import FakeBatches, mesh_for, run_trainer, saved_state, tiny_encoder, tiny_train_config
 
 
 @pytest.fixture(scope="module")
 def encoder():
-  return tts.tiny_encoder()
+  return tiny_encoder()
 
 
-def run(config, workdir, encoder, **kw):
-  mesh = tts.mesh_for(config, dict(data=2, fsdp=4))
-  return trainer.train(config, str(workdir), model=tts.TinyVideoModel(), encoder=encoder,
-                       batches=kw.pop("batches", tts.FakeBatches(mesh)), progress=False,
-                       sample_hook=None, **kw)
+def _record_device_reads(monkeypatch):
+  """Events in order: "S" a train step dispatched, "F" a sync (trainer.fetch),
+  "h" one device -> host read (trainer.host_value, which fetch uses)."""
+  events = []
+  make_setup, fetch, host_value = trainer.make_setup, trainer.fetch, trainer.host_value
+
+  def recording_setup(*args, **kw):
+    setup = make_setup(*args, **kw)
+    step = setup.step
+
+    def dispatch(*a):
+      events.append("S")
+      return step(*a)
+
+    setup.step = dispatch
+    return setup
+
+  def recording_fetch(tree):
+    events.append("F")
+    return fetch(tree)
+
+  def recording_host_value(x):
+    events.append("h")
+    return host_value(x)
+
+  monkeypatch.setattr(trainer, "make_setup", recording_setup)
+  monkeypatch.setattr(trainer, "fetch", recording_fetch)
+  monkeypatch.setattr(trainer, "host_value", recording_host_value)
+  return events
 
 
-def saved_state(workdir, step=None):
-  manager = checkpoint.open_manager(workdir)
-  step = manager.latest_step() if step is None else step
-  tree = jax.device_get(checkpoint.restore_tree(manager, step))
-  manager.close()
-  return tree
-
-
-def test_resume_is_bit_identical(tmp_path, encoder):
-  config = tts.tiny_config()
+def test_resume_is_bit_identical(tmp_path, encoder, monkeypatch, capsys):
+  """Also: a run that reads metrics back every 4 steps (and profiles) ends
+  bit-identical to one that reads them every step (log_every=1)."""
+  config = tiny_train_config()
+  sparse = config.copy_and_resolve_references()
+  sparse.train.log_every = 4
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  run(config, straight, encoder)
-  run(config, resumed, encoder, stop_at=3)
+  events = _record_device_reads(monkeypatch)
+  run_trainer(sparse, straight, encoder, profile_steps=(1, 3))
+  # Two reads before the loop (step, skipped counters), then the device is read
+  # only at the sync steps: 3 (checkpoint), 4 (log) and 6 (log, checkpoint, end).
+  assert re.fullmatch(r"hhSSS(Fh+)S(Fh+)SS(Fh+)", "".join(events)), "".join(events)
+  monkeypatch.undo()
+  assert glob.glob(str(straight / "profile" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+  table = capsys.readouterr().out
+  total = sum(math.prod(x.shape) for x in jax.tree.leaves(saved_state(str(straight))["params"]))
+  assert re.search(rf"^total +{total:,} +100\.0%", table, re.M), table
+  run_trainer(config, resumed, encoder, stop_at=3)
   assert saved_state(str(resumed))["step"] == 3
-  out = run(config, resumed, encoder)
+  out = run_trainer(config, resumed, encoder)
   assert out["step"] == 6
   a, b = saved_state(str(straight)), saved_state(str(resumed))
   assert int(a["step"]) == int(b["step"]) == 6
   chex.assert_trees_all_equal(a, b)  # params, EMA, optimizer state, counters: bit for bit
-  lines = [json.loads(l) for l in open(straight / "metrics.jsonl")]
-  assert [l["step"] for l in lines] == [1, 2, 3, 4, 5, 6]
+  sparse_lines = [json.loads(line) for line in open(straight / "metrics.jsonl")]
+  lines = [json.loads(line) for line in open(resumed / "metrics.jsonl")]
+  assert [line["step"] for line in sparse_lines] == [4, 6]
+  assert [line["step"] for line in lines] == [1, 2, 3, 4, 5, 6]
   for key in ("loss", "denoise_loss", "identity_loss", "id_reference", "id_temporal",
               "grad_norm", "lr", "steps_per_s", "model_tflops_per_s"):
     assert np.isfinite(lines[-1][key]), key
+  for sparse_line in sparse_lines:  # the same numbers, read back later
+    line = lines[sparse_line["step"] - 1]
+    for key in set(line) - {"steps_per_s", "model_tflops_per_s"}:
+      assert sparse_line[key] == line[key], key
   assert os.listdir(straight / "events")
   # keep_checkpoints=2 with checkpoint_every=3 over 6 steps.
   assert sorted(int(d) for d in os.listdir(straight / "checkpoints") if d.isdigit()) == [3, 6]
@@ -59,19 +99,33 @@ def test_resume_is_bit_identical(tmp_path, encoder):
   assert config2.model.width == config.model.width
   chex.assert_trees_all_equal(jax.device_get(ema), a["ema_params"])
 
-  bigger = tts.tiny_config()
+  bigger = tiny_train_config()
   bigger.model.width = 64
   with pytest.raises(configlib.UsageError, match="model.width"):
-    run(bigger, straight, encoder)
+    run_trainer(bigger, straight, encoder)
+
+
+def test_param_table_counts_per_top_level_module():
+  params = {"small": {"w": np.zeros(4, np.float32), "inner": {"b": np.zeros(2, jnp.bfloat16)}},
+            "big": {"kernel": jax.ShapeDtypeStruct((2, 4), np.float32)}}
+  rows = [line.split() for line in trainer.param_table(params).splitlines()]
+  assert rows[0] == ["module", "parameters", "share", "MiB"]
+  assert [r[:3] for r in rows[1:]] == [["big", "8", "57.1%"], ["small", "6", "42.9%"],
+                                       ["total", "14", "100.0%"]]
+  assert float(rows[3][3]) == round((8 * 4 + 4 * 4 + 2 * 2) / 2**20, 2)
 
 
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, encoder):
-  config = tts.tiny_config()
+  """Steps 4 and 5 are non-finite, step 6 is finite again; the loop syncs at
+  steps 3 (checkpoint), 4 (log) and 6: it still finds the run of 2 at step 6,
+  before writing step 6's checkpoint."""
+  config = tiny_train_config()
   config.train.max_nonfinite_steps = 2
-  mesh = tts.mesh_for(config, dict(data=2, fsdp=4))
-  batches = tts.FakeBatches(mesh, nan_steps={3, 4, 5})
-  with pytest.raises(trainer.TrainingDiverged, match="2 consecutive"):
-    run(config, tmp_path, encoder, batches=batches)
+  config.train.log_every = 4
+  mesh = mesh_for(config, dict(data=2, fsdp=4))
+  batches = FakeBatches(mesh, nan_steps={3, 4})
+  with pytest.raises(trainer.TrainingDiverged, match=r"2 consecutive .*found at step 6"):
+    run_trainer(config, tmp_path, encoder, batches=batches)
   good = saved_state(str(tmp_path))
   assert int(good["step"]) == 3 and int(good["skipped"]) == 0
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(good["params"]))

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from helpers import ROOT
 
 WORKER = r'''
 import json, os, sys
@@ -24,19 +24,19 @@ distributed.initialize(distributed.settings_from(f"localhost:{port}", nproc, pid
 if die and pid == 1:
   os._exit(9)                       # a peer that dies right after joining
 import jax, numpy as np, ml_collections
-import test_train_step as tts
+import helpers
 from idjax import sharding
 from idjax.train import trainer
-config = tts.tiny_config()
+config = helpers.tiny_train_config()
 config.mesh = ml_collections.ConfigDict(dict(data=4, fsdp=1, tensor=1, sequence=1))
 mesh = trainer.build_mesh(config)
-encoder = tts.tiny_encoder()
-setup = trainer.make_setup(config, tts.TinyVideoModel(), encoder, mesh)
+encoder = helpers.tiny_encoder()
+setup = trainer.make_setup(config, helpers.TinyVideoModel(), encoder, mesh)
 state = setup.init()
 def put(v):
   s = sharding.batch_sharding(mesh, v.ndim)
   return jax.make_array_from_callback(v.shape, s, lambda idx: v[idx])
-batch = {k: put(v) for k, v in tts.numpy_batch(0).items()}
+batch = {k: put(v) for k, v in helpers.numpy_batch(0).items()}
 watchdog = distributed.Watchdog(120, "the first train steps")
 for _ in range(2 if die else 1):
   state, metrics = setup.run_step(state, batch)
@@ -129,10 +129,12 @@ def test_loopback_coordinator_binds_to_loopback(monkeypatch):
 
 
 def test_watchdog_ends_a_stalled_process():
+  """A beat for 3 queued steps (the trainer's sync) allows 3 x timeout_s."""
   code = ("import time; from idjax.train.distributed import Watchdog; w = Watchdog(1.0); "
-          "w.beat(); time.sleep(30)")
+          "w.beat(steps=3); time.sleep(2); print('alive after 2 s', flush=True); time.sleep(30)")
   start = time.time()
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                         timeout=60, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 3 and "made no progress" in proc.stderr
+  assert proc.stdout == "alive after 2 s\n"
   assert time.time() - start < 25

@@ -12,6 +12,7 @@ from idjax.face import arcface
 from idjax.face.encoder import FaceEncoder, encoder_from_config
 from idjax.face.frozen import FrozenFaceEncoder, save_face_encoder
 from idjax.face import train as face_train
+from idjax.face.verification import run_verification
 
 
 def _tiny_config(**overrides):
@@ -295,12 +296,19 @@ def test_train_face_encoder_end_to_end(tmp_path):
   config.verification = ml_collections.ConfigDict(
       dict(resolutions=(32,), num_identities=8, seed=11))
   metrics = face_train.train_face_encoder(config, tmp_path)
-  assert 0.0 <= metrics["heldout_accuracy_32"] <= 1.0
   saved = json.loads((tmp_path / "verification.json").read_text())
   assert saved["32"]["num_pairs"] == 16
   assert saved["32"]["accuracy"] == metrics["heldout_accuracy_32"]
+  # A fraction of the 16 held-out pairs, with the threshold fitted on train pairs.
+  assert metrics["heldout_accuracy_32"] * 16 == round(metrics["heldout_accuracy_32"] * 16)
   loaded = FrozenFaceEncoder.from_workdir(tmp_path)
   assert loaded.config.num_train_identities == 12
+  # The saved encoder reproduces every reported number (the protocol run again
+  # on the loaded params: crop size 16, 32-px clips, seed 11 + 32, thresholds
+  # fitted on the 8 train identities after the 12 it was trained on).
+  again = run_verification(loaded.embed_uint8, crop_size=16, resolution=32, num_identities=8,
+                           seed=11 + 32, threshold_start=12)
+  assert again == pytest.approx(saved["32"], abs=1e-6)
 
 
 def test_a_trained_encoder_is_never_retrained_over(tmp_path, monkeypatch):

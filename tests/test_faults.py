@@ -28,13 +28,15 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+import train  # the entry point, called in-process (the root is on pytest's pythonpath)
 from idjax import configlib
-from idjax.train import checkpoint
+from idjax.data import references
+from idjax.train import checkpoint, trainer
+from idjax.train.state import create_state, make_optimizer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train  # noqa: E402  (the entry point, called in-process)
-from idjax.data import references  # noqa: E402
+from helpers import (ROOT, TINY_TRAIN_ARGS, TinyVideoModel, make_workdir, mesh_for, run_trainer,
+                     saved_state, tiny_encoder, tiny_face_encoder, tiny_parts, tiny_train_config,
+                     write_tiny_face_encoder)
 
 KINDS = ("truncate", "overwrite", "empty_manifest", "delete_state", "garble_metadata")
 KEEP_5 = ml_collections.ConfigDict(dict(keep_checkpoints=5))
@@ -140,14 +142,12 @@ def test_no_readable_step_refuses_and_changes_nothing(two_steps, tmp_path):
 
 @pytest.fixture(scope="module")
 def video_two_steps(tmp_path_factory):
-  """A video workdir (test_generator's tiny model) with steps 0 and 5; step 5's
+  """A video workdir (helpers' tiny sampling model) with steps 0 and 5; step 5's
   EMA params differ, so which one was read shows."""
-  import test_generator
-  from idjax.train.state import create_state, make_optimizer
   root = str(tmp_path_factory.mktemp("video"))
-  video = test_generator.make_workdir(root)
+  video = make_workdir(root)
   config = checkpoint.read_config(video)
-  _, params, _ = test_generator.tiny_parts()
+  _, params, _ = tiny_parts()
   state = create_state(params, make_optimizer(config.train)[0], 0)
   later = state.replace(step=jnp.int32(5), ema_params=jax.tree.map(lambda p: p + 1.0, params))
   manager = checkpoint.make_manager(video, config.train)
@@ -197,7 +197,7 @@ def test_sample_on_a_broken_workdir_exits_2(video_two_steps, tmp_path, capsys, d
   before = digest(work)
   code, err = _sample(["--workdir", work, "--reference", ref, "--prompt", "a person",
                        "--out", str(tmp_path / "out" / "c.mp4"), "--no-progress"], capsys)
-  errors = [l for l in err.splitlines() if l.startswith("error:")]
+  errors = [line for line in err.splitlines() if line.startswith("error:")]
   assert code == 2 and len(errors) == 1, err
   assert len(errors[0]) < 600 and "Traceback" not in err, err
   expected = {"delete_state": "state/ folder is missing", "truncate": "OUT_OF_RANGE",
@@ -251,19 +251,16 @@ def test_train_refuses_bad_input_before_work(tmp_path, capsys, case):
 
 def test_train_refuses_an_unreadable_config_json(video_two_steps, tmp_path):
   """The run's own config.json torn: one sentence, nothing changed (no training)."""
-  import test_generator
-  import test_train_step as tts
-  from idjax.train import trainer
   video, _ = video_two_steps
   work = str(tmp_path / "video")
   shutil.copytree(video, work)
   open(os.path.join(work, "config.json"), "w").write("{ torn")
   before = digest(work)
-  config = tts.tiny_config()
-  tts.mesh_for(config, dict(data=8))
+  config = tiny_train_config()
+  mesh_for(config, dict(data=8))
   with pytest.raises(configlib.UsageError, match=r"config.json cannot be read \(JSONDecodeError"):
-    trainer.train(config, work, model=tts.TinyVideoModel(),
-                  encoder=test_generator.tiny_face_encoder(), batches=object(), progress=False,
+    trainer.train(config, work, model=TinyVideoModel(),
+                  encoder=tiny_face_encoder(), batches=object(), progress=False,
                   sample_hook=None)
   assert digest(work) == before
 
@@ -358,25 +355,23 @@ def test_references_keep_existing_files_and_check_values(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_resume_after_each_corruption_is_bit_identical(tmp_path):
-  import test_checkpoint as tc
-  import test_train_step as tts
-  encoder = tts.tiny_encoder()
-  config = tts.tiny_config()
+  encoder = tiny_encoder()
+  config = tiny_train_config()
   config.train.steps, config.train.keep_checkpoints = 9, 5
   straight = tmp_path / "straight"
-  tc.run(config, straight, encoder)
+  run_trainer(config, straight, encoder)
   stopped = tmp_path / "stopped"
-  tc.run(config, stopped, encoder, stop_at=6)
+  run_trainer(config, stopped, encoder, stop_at=6)
   assert sorted(os.listdir(stopped / "checkpoints")) == ["3", "6"]
-  expected = tc.saved_state(str(straight))
+  expected = saved_state(str(straight))
   for kind in KINDS:
     work = tmp_path / kind
     shutil.copytree(stopped, work)
     corrupt(str(work / "checkpoints" / "6"), kind)
-    out = tc.run(config, work, encoder)
+    out = run_trainer(config, work, encoder)
     assert out["step"] == 9
     assert sorted(os.listdir(work / "checkpoints")) == ["3", "6", "9", "bad-6"], kind
-    chex.assert_trees_all_equal(tc.saved_state(str(work)), expected)   # bit for bit
+    chex.assert_trees_all_equal(saved_state(str(work)), expected)   # bit for bit
     print(f"{kind}: fell back to step 3, resumed to step 9 bit-identically")
 
 
@@ -391,15 +386,14 @@ def _free_port():
 def _peer_death(tmp_path, victim):
   """Two train.py processes (one CPU device each); kills `victim` once both
   are training; returns (survivor's exit code, its stderr, seconds to exit)."""
-  from test_train_cli import TINY as TINY_ARGS, _tiny_face_encoder
   face, work = tmp_path / "face", tmp_path / "video"
-  _tiny_face_encoder(face)
+  write_tiny_face_encoder(face)
   port = _free_port()
   args = ["--config", "configs/tiny.py", "--workdir", str(work),
           f"--config.face_encoder_workdir={face}", "--config.train.steps=100000",
           "--config.train.checkpoint_every=100000", "--config.train.log_every=1",
           "--config.train.heartbeat_timeout_s=5", "--coordinator", f"localhost:{port}",
-          "--num-processes", "2"] + [a for a in TINY_ARGS if not a.startswith("--config.mesh")]
+          "--num-processes", "2"] + [a for a in TINY_TRAIN_ARGS if not a.startswith("--config.mesh")]
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   procs = [subprocess.Popen([sys.executable, "train.py", *args, "--process-id", str(i)], cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -428,7 +422,7 @@ def test_dead_peer_ends_the_survivor_with_one_sentence(tmp_path, victim):
   assert code == 3, err[-3000:]
   assert sentence in err and "Traceback" not in err, err[-3000:]
   assert elapsed < 5 + 10, elapsed            # heartbeat_timeout_s plus a few seconds
-  line = next(l for l in err.splitlines() if l.startswith(sentence))
+  line = next(x for x in err.splitlines() if x.startswith(sentence))
   print(f"victim {victim}: survivor exited {code} after {elapsed:.2f} s: {line}\n"
         f"its stderr ended with:\n{err[-1500:]}")
   if os.environ.get("IDJAX_FAULT_TIMES"):  # where `make`-style runs collect the timings

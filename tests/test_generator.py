@@ -1,132 +1,15 @@
-"""Generator: inputs, layouts, guidance passes, outputs; plus tiny-model helpers
-shared by the sampling tests (test_samplers.py, test_sample_cli.py)."""
-
-import functools
-import importlib.util
-import os
+"""Generator: inputs, layouts, guidance passes, outputs."""
 
 import chex
-import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from idjax import configlib, models, sharding
-from idjax.face.frozen import FrozenFaceEncoder, build_encoder, save_face_encoder
+from idjax import models
 from idjax.sampling import layout as layout_lib
 from idjax.sampling.generator import Generator, prepare_reference
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _load(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def tiny_config():
-  """configs/tiny.py shrunk to compile and run in seconds."""
-  cfg = _load("tiny")
-  cfg.data.resolution = 16
-  cfg.data.num_frames = 2
-  cfg.sample.num_frames = 2
-  cfg.data.reference_resolution = 16
-  cfg.data.num_references = 2
-  cfg.model.width = 32
-  cfg.model.depth = 1
-  cfg.model.num_heads = 2
-  cfg.model.text_width = 32
-  cfg.model.text_layers = 1
-  cfg.model.num_identity_tokens = 4
-  cfg.model.identity_layers = 1
-  cfg.sample.steps = 2
-  return cfg
-
-
-def random_params(abstract, seed):
-  """NumPy params for a tree of shapes: no compilation (eager or jitted init of
-  even a tiny model takes tens of seconds on the shared 2-core CPU).
-  Kernels ~ N(0, 1/fan_in), norm scales ~ 1 + N(0, 0.1), biases ~ N(0, 0.1)."""
-  rng = np.random.default_rng(seed)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path)
-    if leaf.ndim >= 2 and "scale" not in name:
-      return rng.normal(0, 1 / np.sqrt(np.prod(leaf.shape[:-1])), leaf.shape).astype(leaf.dtype)
-    base = 1.0 if "scale" in name else 0.0
-    return (base + rng.normal(0, 0.1, leaf.shape)).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract)
-
-
-def tiny_face_encoder(seed=1):
-  """The real FaceEncoder, tiny, with random params."""
-  fcfg = _load("face_encoder")
-  fcfg.input_size = 16
-  fcfg.width = 4
-  fcfg.num_stages = 2
-  fcfg.embed_dim = 16
-  fcfg.groups = 2
-  module = build_encoder(fcfg)
-  abstract = jax.eval_shape(
-      lambda: nn.unbox(module.init(jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"])
-  return FrozenFaceEncoder(fcfg, random_params(abstract, seed))
-
-
-def tiny_params(cfg, fe, seed=0):
-  """Random params for the tiny model (zero-initialised layers too, so every path acts)."""
-  args = models.dummy_inputs(
-      cfg.model, batch=1, frames=1, height=cfg.data.resolution, width=cfg.data.resolution,
-      text_len=cfg.model.text_len, num_chars=cfg.model.max_characters,
-      num_refs=cfg.data.num_references, face_embed_dim=fe.embed_dim,
-      face_feature_dim=fe.feature_dim, face_cells=fe.feature_cells)
-  model = models.build_model(cfg.model)
-  abstract = jax.eval_shape(lambda: nn.unbox(model.init(jax.random.key(0), *args))["params"])
-  return random_params(abstract, seed)
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_parts():
-  cfg = tiny_config()
-  fe = tiny_face_encoder()
-  return cfg, tiny_params(cfg, fe), fe
-
-
-def one_device_mesh():
-  return sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
-
-
-def make_workdir(root, with_eval_encoder=True):
-  """A video workdir in the trainer's format (config.json + orbax checkpoint)
-  whose config points at face-encoder workdirs next to it."""
-  from idjax.train import checkpoint
-  from idjax.train.state import create_state, make_optimizer
-  cfg, params, fe = tiny_parts()
-  cfg = cfg.copy_and_resolve_references()
-  os.makedirs(root, exist_ok=True)
-  save_face_encoder(os.path.join(root, "face"), fe.config, fe.params)
-  cfg.face_encoder_workdir = os.path.join(root, "face")
-  cfg.eval_encoder_workdir = os.path.join(root, "face_eval")
-  if with_eval_encoder:
-    other = tiny_face_encoder(seed=7)
-    save_face_encoder(cfg.eval_encoder_workdir, other.config, other.params)
-  video = os.path.join(root, "video")
-  os.makedirs(video, exist_ok=True)
-  configlib.save_config(cfg, os.path.join(video, checkpoint.CONFIG_FILE))
-  tx, _ = make_optimizer(cfg.train)
-  manager = checkpoint.make_manager(video, cfg.train)
-  checkpoint.save(manager, create_state(params, tx, 0), force=True)
-  manager.wait_until_finished()
-  manager.close()
-  return video
-
-
-def random_refs(rng, n, size=16):
-  return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
-
+from helpers import one_device_mesh, random_refs, tiny_parts
 
 @pytest.fixture(scope="module")
 def gen():

@@ -5,40 +5,16 @@ import chex
 import einops
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from idjax import configlib, losses
-from idjax.autoencoder.frozen import FrozenAutoencoder
-from idjax.autoencoder.model import autoencoder_from_config
 from idjax.sampling.generator import Generator
 from idjax.train import trainer
 
-import test_generator as tg
-import test_train_step as tts
-
-
-def tiny_autoencoder(seed=3):
-  """The real autoencoder module, tiny (4x spatial, 4 latent channels), random params."""
-  acfg = configlib.load_config_file("configs/autoencoder.py")
-  m = acfg.model
-  m.widths, m.encoder_blocks, m.decoder_blocks = (4, 8), (1, 1), (1, 1)
-  m.latent_channels, m.patch, m.temporal_kernel, m.groups = 4, 2, 2, 2
-  module = autoencoder_from_config(m)
-  abstract = jax.eval_shape(lambda: module.init(
-      jax.random.key(0), jnp.zeros((1, 1, 16, 16, 3)), jnp.zeros((1, 1, 4, 4, 4))))["params"]
-  params = tg.random_params(abstract, seed)
-  return FrozenAutoencoder(acfg, params, np.full(4, 0.1, np.float32), np.full(4, 2.0, np.float32))
-
-
-def latent_config(pixel_config, autoencoder):
-  config = pixel_config.copy_and_resolve_references()
-  config.model.space = "latent"
-  config.model.channels = autoencoder.latent_channels
-  config.model.patch_size = (1, 1, 1)
-  config.train.id_loss_latent_window = 3
-  return config
+from helpers import (TinyVideoModel, latent_config, mesh_for, numpy_batch, one_device_mesh,
+                     put_batch, random_refs, tiny_autoencoder, tiny_encoder, tiny_face_encoder,
+                     tiny_params, tiny_sample_config, tiny_train_config)
 
 
 # --- the windowed identity loss ----------------------------------------------
@@ -88,20 +64,20 @@ def test_windowed_identity_loss_equals_whole_frame_decoding():
 
 @pytest.fixture(scope="module")
 def parts():
-  return tts.tiny_encoder(), tiny_autoencoder()
+  return tiny_encoder(), tiny_autoencoder()
 
 
 def _one_step(config, encoder, autoencoder, sizes):
-  mesh = tts.mesh_for(config, sizes)
-  setup = trainer.make_setup(config, tts.TinyVideoModel(), encoder, mesh, autoencoder)
+  mesh = mesh_for(config, sizes)
+  setup = trainer.make_setup(config, TinyVideoModel(), encoder, mesh, autoencoder)
   state = setup.init()
-  new_state, metrics = setup.run_step(state, tts.put_batch(tts.numpy_batch(0), mesh))
+  new_state, metrics = setup.run_step(state, put_batch(numpy_batch(0), mesh))
   return jax.device_get(new_state), jax.device_get(metrics)
 
 
 def test_latent_step_is_mesh_invariant_and_the_identity_loss_trains(parts):
   encoder, autoencoder = parts
-  config = latent_config(tts.tiny_config(), autoencoder)
+  config = latent_config(tiny_train_config(), autoencoder)
   ref_state, ref = _one_step(config, encoder, autoencoder, {})
   assert ref["applied"] == 1.0 and ref["identity_loss"] > 0
   state, metrics = _one_step(config, encoder, autoencoder, dict(data=2, fsdp=2, tensor=2))
@@ -119,7 +95,7 @@ def test_latent_step_is_mesh_invariant_and_the_identity_loss_trains(parts):
 
 def test_latent_config_must_match_the_autoencoder(parts, tmp_path):
   encoder, autoencoder = parts
-  config = latent_config(tts.tiny_config(), autoencoder)
+  config = latent_config(tiny_train_config(), autoencoder)
   config.model.channels = 3
   with pytest.raises(configlib.UsageError, match="4-channel latents"):
     trainer.check_latent_space(config, autoencoder)
@@ -134,17 +110,17 @@ def test_latent_config_must_match_the_autoencoder(parts, tmp_path):
 @pytest.fixture(scope="module")
 def latent_gen(parts):
   _, autoencoder = parts
-  cfg = latent_config(tg.tiny_config(), autoencoder)
-  fe = tg.tiny_face_encoder()
+  cfg = latent_config(tiny_sample_config(), autoencoder)
+  fe = tiny_face_encoder()
   grid = cfg.copy_and_resolve_references()
   grid.data.resolution = 4      # params are shaped by the latent grid (4x4 cells)
-  params = tg.tiny_params(grid, fe)
-  return Generator(cfg, params, fe, mesh=tg.one_device_mesh(), autoencoder=autoencoder)
+  params = tiny_params(grid, fe)
+  return Generator(cfg, params, fe, mesh=one_device_mesh(), autoencoder=autoencoder)
 
 
 def test_latent_sampling_decodes_frames_and_strength_zero_ignores_references(latent_gen):
   rng = np.random.default_rng(0)
-  refs = [[tg.random_refs(rng, 2)]]
+  refs = [[random_refs(rng, 2)]]
   out = latent_gen.generate(["a person with blue eyes"], refs, identity_strength=0.0,
                             layout=[[[0.2, 0.2, 0.8, 0.8]]], progress=False)
   chex.assert_shape(out["frames"], (1, 2, 16, 16, 3))
@@ -161,7 +137,7 @@ def test_latent_sampling_is_bit_identical_on_eight_devices(latent_gen, parts):
   _, autoencoder = parts
   rng = np.random.default_rng(2)
   prompts = [f"a person {i}" for i in range(3)]
-  refs = [[tg.random_refs(rng, 1)] for _ in prompts]
+  refs = [[random_refs(rng, 1)] for _ in prompts]
   one = latent_gen.generate(prompts, refs, seed=5, progress=False)
   mesh = trainer.sharding.make_mesh({"data": 8}, devices=jax.devices()[:8])
   eight = Generator(latent_gen.config, jax.device_get(latent_gen.params), latent_gen.face_encoder,

@@ -5,7 +5,7 @@ import pytest
 
 from idjax.eval import benchmark, metrics
 
-from test_generator import tiny_face_encoder
+from helpers import RealClipGenerator, tiny_face_encoder, tiny_sample_config
 
 
 def _unit(v):
@@ -87,31 +87,11 @@ def test_box_search_finds_the_reference(scorer):
   assert m["box_source"] == "search"
 
 
-class _RealClipGenerator:
-  """Stands in for Generator: returns each identity's own real clip (refs given)
-  or the next identity's clip (text only), so FaceSim must hit ceiling / floor."""
-
-  def __init__(self, config):
-    self.config = config
-
-  def generate(self, prompts, references, num_frames, seed, layout, progress, **_):
-    from idjax.data import world
-    cfg = benchmark.world_config(self.config, num_frames)
-    ids = world.split_identities("heldout", len(prompts) + 1)
-    ids = ids[np.random.default_rng([seed, 0xE7A1]).permutation(len(ids))]
-    frames = []
-    for i, refs in enumerate(references):
-      j = i if refs else i + 1
-      frames.append(world.render_clip(cfg, seed, j, split="heldout", identity_ids=[ids[j]])["frames"])
-    return dict(frames=np.stack(frames))
-
-
 def test_protocol_ceiling_and_floor(scorer):
-  from test_generator import tiny_config
-  cfg = tiny_config()
+  cfg = tiny_sample_config()
   cfg.data.resolution = 32
   cfg.data.reference_resolution = 32
-  result = benchmark.evaluate(_RealClipGenerator(cfg), scorer.encoder, 3, seed=2)
+  result = benchmark.evaluate(RealClipGenerator(cfg), scorer.encoder, 3, seed=2)
   rows = result["rows"]
   assert list(rows) == ["ceiling", "generated (refs+text)", "generated (text only)", "floor"]
   assert rows["generated (refs+text)"]["face_sim"] == pytest.approx(rows["ceiling"]["face_sim"])

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import pytest
 
 from idjax import models
-from test_model_helpers import init_random, random_inputs, tiny_config
+from helpers import init_random, random_inputs, tiny_model_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -26,7 +26,7 @@ def _load(name):
                  marks=pytest.mark.slow),
 ], ids=["mean_hard", "joint_soft"])
 def test_forward_flops_match_xla_cost_analysis(overrides):
-  cfg = tiny_config(scan_blocks=False, width=64, num_heads=4, text_width=64, **overrides)
+  cfg = tiny_model_config(scan_blocks=False, width=64, num_heads=4, text_width=64, **overrides)
   model = models.build_model(cfg)
   b, t, size, chars, refs = 2, 4, 16, 2, 3
   args = random_inputs(cfg, batch=b, frames=t, size=size, chars=chars, refs=refs,

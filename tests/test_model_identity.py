@@ -1,7 +1,6 @@
 """Identity encoder (vs. NumPy), mask routing, character permutation, the bank."""
 
 import chex
-import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -10,7 +9,7 @@ import pytest
 
 from idjax import models
 from idjax.models import blocks, dit, identity
-from test_model_helpers import randomize, setup, tiny_config
+from helpers import model_setup, randomize, tiny_model_config
 
 # ---------------------------------------------------------------- NumPy reference
 
@@ -70,7 +69,7 @@ def numpy_identity_tokens(p, emb, feats, ref_valid, mode, layers):
 
 @pytest.mark.parametrize("mode", ["mean", "joint"])
 def test_identity_tokens_match_numpy(mode):
-  cfg = tiny_config(reference_mode=mode, identity_layers=2)
+  cfg = tiny_model_config(reference_mode=mode, identity_layers=2)
   rng = np.random.default_rng(0)
   b, c, k, cells, f, d_face = 2, 2, 3, 4, 5, 6
   inputs = models.IdentityInputs(
@@ -109,7 +108,7 @@ def _two_faces(b=1, t=2, size=16):
 
 @pytest.mark.parametrize("routing", ["hard", "soft"])
 def test_other_character_does_not_reach_this_face(routing):
-  cfg = tiny_config(identity_routing=routing)
+  cfg = tiny_model_config(identity_routing=routing)
   rng = np.random.default_rng(0)
   b, t, size, q, d = 1, 2, 16, cfg.num_identity_tokens, cfg.width
   masks = _two_faces(b, t, size)
@@ -136,7 +135,7 @@ def test_other_character_does_not_reach_this_face(routing):
 
 def test_character_references_do_not_reach_other_face_through_encoder():
   """End to end through the identity encoder: B's references -> only B's face."""
-  model, _, params, args = setup()
+  model, _, params, args = model_setup()
   identity_in = args[3]
   cfg = model.config
   masks = _two_faces(b=2, t=4)
@@ -167,7 +166,7 @@ def _permute(ident, perm):
 
 
 def test_permuting_characters_leaves_output_unchanged_under_hard_routing():
-  _, apply, params, (x, t, tokens, ident, s) = setup()
+  _, apply, params, (x, t, tokens, ident, s) = model_setup()
   y = apply({"params": params}, x, t, tokens, ident, s)
   y_perm = apply({"params": params}, x, t, tokens, _permute(ident, [1, 0]), s)
   np.testing.assert_allclose(y_perm, y, atol=1e-5, rtol=1e-5)

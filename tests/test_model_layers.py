@@ -11,7 +11,7 @@ import pytest
 
 from idjax import models
 from idjax.models import attention, blocks, dit, rope
-from test_model_helpers import random_inputs, randomize, setup, tiny_config
+from helpers import model_setup, random_inputs, randomize, tiny_model_config
 
 
 def _bump(x, index):
@@ -28,7 +28,7 @@ def _apply_layer(module, x, seed=3, scale=0.1):
 
 
 def test_spatial_attention_never_mixes_frames():
-  cfg = tiny_config()
+  cfg = tiny_model_config()
   x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
   f = _apply_layer(blocks.SpatialAttention(cfg, (4, 4)), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), 2)))
@@ -40,7 +40,7 @@ def test_spatial_attention_never_mixes_frames():
 
 
 def test_temporal_attention_never_mixes_locations():
-  cfg = tiny_config()
+  cfg = tiny_model_config()
   x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
   f = _apply_layer(blocks.TemporalAttention(cfg), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), slice(None), 5)))
@@ -53,7 +53,7 @@ def test_temporal_attention_never_mixes_locations():
 
 
 def test_causal_temporal_attention_ignores_later_frames():
-  cfg = tiny_config(temporal_causal=True)
+  cfg = tiny_model_config(temporal_causal=True)
   x = jax.random.normal(jax.random.key(0), (2, 5, 16, 32))
   f = _apply_layer(blocks.TemporalAttention(cfg), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), 3)))
@@ -63,7 +63,7 @@ def test_causal_temporal_attention_ignores_later_frames():
 
 
 def test_causal_model_frame_does_not_depend_on_later_frames():
-  _, apply, params, args = setup(temporal_causal=True)
+  _, apply, params, args = model_setup(temporal_causal=True)
   y0 = apply({"params": params}, *args)
   y1 = apply({"params": params}, _bump(args[0], (slice(None), 2)), *args[1:])
   changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3, 4))
@@ -79,7 +79,7 @@ ROUTINGS = ["hard", pytest.param("soft", marks=pytest.mark.slow),
 
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_identity_strength_zero_is_bitwise_no_identity(routing):
-  _, apply, params, args = setup(identity_routing=routing)
+  _, apply, params, args = model_setup(identity_routing=routing)
   x, t, tokens, identity, _ = args
   zero = apply({"params": params}, x, t, tokens, identity, jnp.zeros((2,)))
   none = apply({"params": params}, x, t, tokens, None, None)
@@ -94,7 +94,7 @@ def test_identity_strength_zero_is_bitwise_no_identity(routing):
 
 @pytest.mark.parametrize("routing", ROUTINGS)
 def test_no_valid_character_is_the_null_condition(routing):
-  _, apply, params, args = setup(identity_routing=routing)
+  _, apply, params, args = model_setup(identity_routing=routing)
   x, t, tokens, identity, strength = args
   null = identity.replace(char_valid=jnp.zeros_like(identity.char_valid))
   y = apply({"params": params}, x, t, tokens, null, strength)
@@ -103,7 +103,7 @@ def test_no_valid_character_is_the_null_condition(routing):
 
 
 def test_no_text_does_not_depend_on_text_encoder():
-  _, apply, params, (x, t, tokens, identity, s) = setup()
+  _, apply, params, (x, t, tokens, identity, s) = model_setup()
   empty = jnp.zeros_like(tokens)
   y0 = apply({"params": params}, x, t, empty, identity, s)
   other = dict(params, text=randomize(params["text"], seed=7))
@@ -116,7 +116,7 @@ def test_no_text_does_not_depend_on_text_encoder():
 
 
 def test_precomputed_text_embeddings_match_tokens():
-  model, apply, params, (x, t, tokens, identity, s) = setup()
+  model, apply, params, (x, t, tokens, identity, s) = model_setup()
   cfg = model.config
   emb, _ = jax.jit(models.text.TextEncoder(cfg).apply)({"params": params["text"]}, tokens)
   chex.assert_shape(emb, (2, cfg.text_len, cfg.text_width))
@@ -183,8 +183,8 @@ def test_rope_scores_depend_only_on_relative_position():
 
 
 def test_runs_on_longer_and_larger_clips_than_trained():
-  _, apply, params, _ = setup(frames=8, size=32)
-  args = random_inputs(tiny_config(), batch=1, frames=12, size=48)
+  _, apply, params, _ = model_setup(frames=8, size=32)
+  args = random_inputs(tiny_model_config(), batch=1, frames=12, size=48)
   y = apply({"params": params}, *args)
   chex.assert_shape(y, (1, 12, 48, 48, 3))
   chex.assert_type(y, jnp.float32)
@@ -192,7 +192,7 @@ def test_runs_on_longer_and_larger_clips_than_trained():
 
 
 def test_every_param_has_logical_axis_names():
-  model, _, _, args = setup()
+  model, _, _, args = model_setup()
   variables = jax.eval_shape(model.init, jax.random.key(0), *args)
   specs = jax.tree.leaves(nn.get_partition_spec(variables),
                           is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec))
@@ -211,9 +211,9 @@ def _unstack(params, depth):
 
 
 def test_unscanned_rematerialised_model_is_the_same_function():
-  model, apply, params, args = setup()
+  model, apply, params, args = model_setup()
   ref = apply({"params": params}, *args)
-  other = models.build_model(tiny_config(scan_blocks=False, remat_policy="dots_saveable"))
+  other = models.build_model(tiny_model_config(scan_blocks=False, remat_policy="dots_saveable"))
   y = jax.jit(other.apply)({"params": _unstack(params, model.config.depth)}, *args)
   np.testing.assert_allclose(y, ref, atol=1e-5)
 
@@ -221,8 +221,8 @@ def test_unscanned_rematerialised_model_is_the_same_function():
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", ["full", "dots_saveable"])
 def test_remat_does_not_change_gradients(policy):
-  model, _, params, args = setup()
-  scanned_remat = models.build_model(tiny_config(remat_policy=policy))
+  model, _, params, args = model_setup()
+  scanned_remat = models.build_model(tiny_model_config(remat_policy=policy))
   loss = lambda m, p: jnp.sum(m.apply({"params": p}, *args) ** 2)
   g_ref = jax.jit(jax.grad(lambda p: loss(model, p)))(params)
   g = jax.jit(jax.grad(lambda p: loss(scanned_remat, p)))(params)
@@ -231,10 +231,10 @@ def test_remat_does_not_change_gradients(policy):
 
 def test_bad_config_values_are_clear_errors():
   with pytest.raises(ValueError, match="remat_policy"):
-    dit.block_class(tiny_config(remat_policy="bogus"))
+    dit.block_class(tiny_model_config(remat_policy="bogus"))
   with pytest.raises(ValueError, match="attention_impl"):
     attention.resolve_implementation("flash")
-  cfg = tiny_config()
+  cfg = tiny_model_config()
   with pytest.raises(ValueError, match="patch size"):
     args = random_inputs(cfg, size=18)
     models.build_model(cfg).init(jax.random.key(0), *args)

@@ -2,12 +2,11 @@
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from idjax import models, sharding
-from test_model_helpers import init_random, random_inputs, tiny_config
+from helpers import init_random, random_inputs, tiny_model_config
 
 RULES = sharding.DEFAULT_RULES
 
@@ -24,7 +23,7 @@ def _shard_inputs(mesh, args):
 
 @pytest.fixture(scope="module")
 def reference():
-  cfg = tiny_config(identity_routing="soft")
+  cfg = tiny_model_config(identity_routing="soft")
   model = models.build_model(cfg)
   args = random_inputs(cfg, batch=8, frames=4, size=16, chars=2, refs=2)
   params = init_random(model, args, scale=0.1)

@@ -12,6 +12,8 @@ import pytest
 from idjax.data import world
 from idjax.eval import benchmark, probe as probe_lib, realism
 
+from helpers import RealClipGenerator, tiny_face_encoder, tiny_sample_config
+
 
 def _rotation(theta):
   return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
@@ -239,12 +241,10 @@ def test_probe_save_load_round_trips_exactly(tmp_path):
 # ------------------------------------------------------------- the eval protocol
 
 def test_protocol_realism_and_32px_column():
-  from test_metrics import _RealClipGenerator
-  from test_generator import tiny_config, tiny_face_encoder
-  cfg = tiny_config()
+  cfg = tiny_sample_config()
   cfg.data.resolution = 32
   cfg.data.reference_resolution = 32
-  result = benchmark.evaluate(_RealClipGenerator(cfg), tiny_face_encoder(seed=3), 3, seed=2)
+  result = benchmark.evaluate(RealClipGenerator(cfg), tiny_face_encoder(seed=3), 3, seed=2)
   for row in result["rows"].values():
     assert row["face_sim_32"] == row["face_sim"]        # a 32-px clip: the same number
   assert result["position_32"] == result["position"]

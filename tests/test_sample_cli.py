@@ -6,15 +6,18 @@ import os
 import subprocess
 import sys
 
+import einops
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 from PIL import Image
 
-from test_generator import ROOT, make_workdir
+import sample  # the entry point (the repository root is on pytest's pythonpath)
+from idjax.eval import metrics
+from idjax.face.frozen import FrozenFaceEncoder
+from idjax.sampling.generator import prepare_reference
 
-sys.path.insert(0, ROOT)
-import sample  # noqa: E402  (the entry point, imported to call main() in-process)
+from helpers import ROOT, make_workdir
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +67,19 @@ def test_normal_run_writes_all_outputs(setup, capsys):
   assert report["seed"] == 3 and report["num_frames"] == 4
   assert report["arguments"]["prompt"] == "a person with pale skin"
   assert report["metrics"]["box_source"] == "search"
-  assert -1.0 <= report["metrics"]["face_sim"] <= 1.0
+  # FaceSim again, from the written files alone: the frames from the lossless
+  # contact sheet (2 references, a 2-pixel gap, 4 frames of 16 px, upscaled
+  # x8), the references as sample.py prepares them, the eval encoder's workdir.
+  frames = einops.rearrange(sheet[::8, ::8][:, -4 * 16:], "h (t w) c -> t h w c", t=4)
+  refs = [prepare_reference(sample.load_image(str(root / name)), 16)
+          for name in ("a.png", "rgba.png")]
+  scorer = metrics.FaceScorer(FrozenFaceEncoder.from_workdir(report["metrics"]["encoder"]))
+  again = metrics.clip_metrics(scorer, frames, [refs])
+  assert report["metrics"]["encoder"].endswith("face_eval")
+  assert report["metrics"]["face_sim"] == pytest.approx(again["face_sim"], abs=1e-6)
+  (character,) = report["metrics"]["characters"].values()
+  np.testing.assert_allclose(character["face_sim_per_frame"],
+                             again["characters"][0]["face_sim_per_frame"], atol=1e-6)
   assert report["timings_s"]["steps"] == 2
   # A second run with multiple characters and boxes (palette + grayscale refs).
   out2 = str(root / "out" / "two.mp4")

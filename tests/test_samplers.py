@@ -10,7 +10,7 @@ from idjax import sharding
 from idjax.sampling import samplers
 from idjax.sampling.generator import Generator
 
-from test_generator import one_device_mesh, random_refs, tiny_parts
+from helpers import one_device_mesh, random_refs, tiny_parts
 
 
 def test_timesteps_grid_and_shift():

@@ -4,5 +4,5 @@ The trainer (`idjax.autoencoder.train`) is not imported here: users of the
 frozen model need neither the world renderer nor the evaluation code.
 """
 
-from idjax.autoencoder.frozen import FrozenAutoencoder, save_autoencoder  # noqa: F401
-from idjax.autoencoder.model import Autoencoder, autoencoder_from_config  # noqa: F401
+from idjax.autoencoder.frozen import FrozenAutoencoder, save_autoencoder
+from idjax.autoencoder.model import Autoencoder, autoencoder_from_config

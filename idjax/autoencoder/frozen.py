@@ -13,27 +13,20 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
+from idjax import restore
 from idjax.autoencoder.model import Autoencoder, autoencoder_from_config
 
-CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
+CONFIG_FILE = restore.CONFIG_FILE
+PARAMS_DIR = restore.PARAMS_DIR
 STATS_FILE = "latent_stats.json"
 
 
 def save_autoencoder(workdir, config, params, latent_mean, latent_std) -> None:
   """Writes `config.json`, the params checkpoint and the latent statistics."""
   workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-    f.write(config.to_json(indent=2))
-  params = jax.tree.map(np.asarray, params)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(workdir, PARAMS_DIR), params, force=True)
-  checkpointer.wait_until_finished()
+  restore.save_params(workdir, config, params)
   # float32 -> Python float -> JSON -> float32 is exact.
   stats = dict(mean=[float(v) for v in np.asarray(latent_mean, np.float32)],
                std=[float(v) for v in np.asarray(latent_std, np.float32)])
@@ -76,24 +69,14 @@ class FrozenAutoencoder:
 
   @classmethod
   def from_workdir(cls, workdir) -> "FrozenAutoencoder":
-    """Loads a workdir written by `save_autoencoder`; ValueError if none."""
-    workdir = os.path.abspath(os.fspath(workdir))
-    paths = [os.path.join(workdir, name) for name in (CONFIG_FILE, PARAMS_DIR, STATS_FILE)]
-    config_path, params_path, stats_path = paths
-    if not (os.path.isfile(config_path) and os.path.isdir(params_path)
-            and os.path.isfile(stats_path)):
-      raise ValueError(f"{workdir} holds no video autoencoder (expected {CONFIG_FILE}, "
-                       f"{PARAMS_DIR}/ and {STATS_FILE}; train one with "
-                       "configs/autoencoder.py first).")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    if config.get("kind") != "autoencoder":
-      raise ValueError(f"{config_path} is not an autoencoder config "
-                       f"(kind={config.get('kind')!r}).")
-    with open(stats_path) as f:
+    """Loads a workdir written by `save_autoencoder` (params on one device;
+    users replicate them over their mesh); ValueError if none."""
+    config = restore.read_frozen_config(
+        workdir, "autoencoder", label="an autoencoder", holds="video autoencoder",
+        advice="train one with configs/autoencoder.py first", extra_files=(STATS_FILE,))
+    with open(os.path.join(os.path.abspath(os.fspath(workdir)), STATS_FILE)) as f:
       stats = json.load(f)
-    abstract = abstract_params(autoencoder_from_config(config.model))
-    params = ocp.StandardCheckpointer().restore(params_path, abstract)
+    params = restore.restore_params(workdir, abstract_params(autoencoder_from_config(config.model)))
     return cls(config, params, stats["mean"], stats["std"])
 
   def latent_shape(self, num_frames: int, height: int, width: int) -> tuple:

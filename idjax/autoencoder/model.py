@@ -33,7 +33,7 @@ initialised variables when not sharding.
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import flax.linen as nn

@@ -114,6 +114,7 @@ def main(argv=None):
   result["eval_encoder_workdir"] = os.path.abspath(eval_dir)
   result["probe_workdir"] = os.path.abspath(probe_dir)
   print(benchmark.format_table(result))
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json(out, json.dumps(result, indent=2, sort_keys=False))
   print(f"wrote {out}")
 

@@ -19,7 +19,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import flax.traverse_util
@@ -190,7 +190,7 @@ class Probe:
 
     def predict(params, crops):
       logits = module.apply({"params": params}, crops.astype(jnp.float32) / 127.5 - 1.0)
-      return jnp.stack([jnp.argmax(l, axis=-1) for l in _split_logits(logits)], axis=-1)
+      return jnp.stack([jnp.argmax(group, axis=-1) for group in _split_logits(logits)], axis=-1)
 
     self._predict = jax.jit(predict)
 
@@ -278,8 +278,8 @@ def fit(config: ProbeConfig, images, labels):
 
   def loss_fn(params, crops, batch_labels):
     logits = _split_logits(module.apply({"params": params}, crops))
-    losses = [optax.softmax_cross_entropy_with_integer_labels(l, batch_labels[:, i]).mean()
-              for i, l in enumerate(logits)]
+    losses = [optax.softmax_cross_entropy_with_integer_labels(group, batch_labels[:, i]).mean()
+              for i, group in enumerate(logits)]
     return sum(losses) / len(losses)
 
   @jax.jit

@@ -11,7 +11,7 @@ the initialised variables (the frozen encoder is replicated anyway).
 """
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import flax.linen as nn

@@ -7,32 +7,26 @@ Both encoder families load through here: the project's ResNet
 (`"iresnet"`).
 """
 
-import json
-import os
-
 import einops
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 
-from idjax import configlib
+from idjax import restore
 from idjax.face.crop import crop_and_resize
+from idjax.face.encoder import encoder_from_config
+from idjax.face.iresnet import WIDTHS, IResNet
 
-CONFIG_FILE = "config.json"
-PARAMS_DIR = "params"
+CONFIG_FILE = restore.CONFIG_FILE
+PARAMS_DIR = restore.PARAMS_DIR
 
 
 def build_encoder(config):
   """The Flax module a face-encoder config describes."""
   architecture = config.get("architecture", "resnet")
   if architecture == "resnet":
-    from idjax.face.encoder import encoder_from_config
     return encoder_from_config(config)
   if architecture == "iresnet":
-    from idjax.face.iresnet import IResNet, WIDTHS
     return IResNet(depth=config.depth, embed_dim=config.embed_dim,
                    widths=tuple(config.get("widths", WIDTHS)))
   raise ValueError(f"Unknown face-encoder architecture {architecture!r}; "
@@ -41,13 +35,7 @@ def build_encoder(config):
 
 def save_face_encoder(workdir, config, params):
   """Writes `config.json` and the params checkpoint into `workdir`."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  configlib.save_config(config, os.path.join(workdir, CONFIG_FILE))
-  params = jax.tree.map(np.asarray, params)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(workdir, PARAMS_DIR), params, force=True)
-  checkpointer.wait_until_finished()
+  restore.save_params(workdir, config, params)
 
 
 class FrozenFaceEncoder:
@@ -76,28 +64,16 @@ class FrozenFaceEncoder:
 
   @classmethod
   def from_workdir(cls, workdir) -> "FrozenFaceEncoder":
-    """Loads a workdir written by `save_face_encoder`; ValueError if none."""
-    workdir = os.path.abspath(os.fspath(workdir))
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    params_path = os.path.join(workdir, PARAMS_DIR)
-    if not (os.path.isfile(config_path) and os.path.isdir(params_path)):
-      raise ValueError(f"{workdir} holds no face encoder (expected "
-                       f"{CONFIG_FILE} and {PARAMS_DIR}/; train one with a "
-                       "face_encoder config first).")
-    with open(config_path) as f:
-      config = ml_collections.ConfigDict(json.load(f))
-    if config.get("kind") != "face_encoder":
-      raise ValueError(f"{config_path} is not a face-encoder config "
-                       f"(kind={config.get('kind')!r}).")
+    """Loads a workdir written by `save_face_encoder` (params on one device;
+    users replicate them over their mesh); ValueError if none."""
+    config = restore.read_frozen_config(
+        workdir, "face_encoder", label="a face-encoder", holds="face encoder",
+        advice="train one with a face_encoder config first")
     module = build_encoder(config)
     size = int(config.input_size)
-    abstract = jax.eval_shape(
-        module.init, jax.random.key(0), jnp.zeros((1, size, size, 3)))
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-        nn.unbox(abstract)["params"])
-    params = ocp.StandardCheckpointer().restore(params_path, abstract)
-    return cls(config, params)
+    abstract = jax.eval_shape(module.init, jax.random.key(0),
+                              jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    return cls(config, restore.restore_params(workdir, abstract["params"]))
 
   def apply(self, params, crops):
     """Pure and jit-able.

@@ -18,13 +18,15 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 import einops
 import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+
+from idjax import restore
 
 LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3),
           100: (3, 13, 30, 3)}
@@ -194,11 +196,10 @@ def main(argv=None) -> int:
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  from idjax.face.frozen import save_face_encoder
   # Widths and D come from the tensors, so slimmed variants convert too.
   widths = [params[f"layer{i + 1}_0"]["conv1"]["kernel"].shape[-1] for i in range(4)]
   embed_dim = params["fc"]["kernel"].shape[1]
-  save_face_encoder(args.workdir, iresnet_config(args.depth, widths, embed_dim), params)
+  restore.save_params(args.workdir, iresnet_config(args.depth, widths, embed_dim), params)
   print(f"IResNet-{args.depth} written to {args.workdir}")
   return 0
 

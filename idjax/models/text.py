@@ -19,7 +19,7 @@ def check_vocab_size(vocab_size: int) -> None:
   The config holds a fixed upper bound (a multiple of 64 shards evenly); the
   import is lazy so the model does not depend on the data package at import.
   """
-  from idjax.data import prompts  # pylint: disable=g-import-not-at-top
+  from idjax.data import prompts
   if vocab_size < len(prompts.VOCABULARY):
     raise ValueError(f"text_vocab_size={vocab_size} is smaller than the prompt vocabulary "
                      f"({len(prompts.VOCABULARY)} words).")

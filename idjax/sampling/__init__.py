@@ -1,4 +1,4 @@
 """Sampling: ODE samplers, layouts, the batched/sharded Generator, video files."""
 
-from idjax.sampling.samplers import sample, step, timesteps  # noqa: F401
+from idjax.sampling.samplers import sample, step, timesteps
 

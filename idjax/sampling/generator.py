@@ -33,7 +33,6 @@ import functools
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -42,8 +41,10 @@ from tqdm import tqdm
 
 from idjax import diffusion
 from idjax import models
+from idjax import restore
 from idjax import rng
 from idjax import sharding
+from idjax.autoencoder.frozen import FrozenAutoencoder
 from idjax.data import prompts as prompts_lib
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.sampling import layout as layout_lib
@@ -61,6 +62,32 @@ def resolve_path(path: str, workdir: str) -> str:
     if os.path.exists(candidate):
       return candidate
   return path
+
+
+def model_side(config, autoencoder=None) -> int:
+  """The spatial side of what the model diffuses: the frame, or its latent grid."""
+  side = int(config.data.resolution)
+  return side if autoencoder is None else autoencoder.latent_shape(1, side, side)[1]
+
+
+def abstract_params(config, face_encoder, side, mesh):
+  """The video model's params as ShapeDtypeStructs in their shardings on
+  `mesh`: the logical axis names of an abstract init (no FLOPs, no memory)
+  through config.sharding.rules, as the trainer lays them out.
+
+  The init is the trainer's (`train.trainer.model_inputs`): face masks given,
+  which is also what `generate` always passes (all ones without a layout),
+  so its params tree is the one sampling applies.
+  """
+  m = config.model
+  fe = face_encoder
+  args = models.dummy_inputs(
+      m, batch=1, frames=m.patch_size[0], height=side, width=side, text_len=int(m.text_len),
+      num_chars=int(m.max_characters), num_refs=int(config.data.num_references),
+      face_embed_dim=fe.embed_dim, face_feature_dim=fe.feature_dim, face_cells=fe.feature_cells)
+  model = models.build_model(m)
+  boxed = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  return restore.abstract_params(boxed, mesh, config.sharding.rules)
 
 
 def prepare_reference(image, size: int) -> np.ndarray:
@@ -133,10 +160,12 @@ class Generator:
     self.max_characters = int(config.model.max_characters)
     self.text_len = int(config.model.text_len)
     self.channels = int(config.model.channels)
-    # The spatial side of what the model diffuses: the frame, or its latent grid.
-    self.model_side = (self.resolution if autoencoder is None
-                       else autoencoder.latent_shape(1, self.resolution, self.resolution)[1])
-    self.params = jax.device_put(params, self._param_shardings(params))
+    self.model_side = model_side(config, autoencoder)
+    self._abstract_params = abstract_params(config, face_encoder, self.model_side, self.mesh)
+    restore.check_fits(params, self._abstract_params, "The params given to the Generator")
+    # A no-op for params restored by `from_workdir` (already in place); host
+    # arrays go shard by shard to their devices.
+    self.params = jax.device_put(params, self._param_shardings())
     self._replicated = sharding.replicated(self.mesh)
     self.face_params = jax.device_put(face_encoder.params, self._replicated)
     self.autoencoder_params = (None if autoencoder is None
@@ -148,39 +177,33 @@ class Generator:
 
   @classmethod
   def from_workdir(cls, workdir, mesh=None, per_device_batch=None) -> "Generator":
-    """EMA params and config of a video workdir (via the trainer's
-    `load_inference`) plus its frozen face encoder."""
-    from idjax.train import checkpoint
-    config, params = checkpoint.load_inference(workdir)
-    face_dir = resolve_path(config.face_encoder_workdir, workdir)
-    face_encoder = FrozenFaceEncoder.from_workdir(face_dir)
+    """The config and EMA params of a video workdir, with its frozen face
+    encoder (and autoencoder, in latent space).
+
+    Only the EMA params of the newest readable checkpoint are read (unreadable
+    newer steps are skipped with a warning and left in place), each shard
+    straight onto its device of `mesh` (default: config.mesh). Raises
+    ValueError (one sentence) when the workdir cannot be sampled.
+    """
+    config = restore.read_video_config(workdir)
+    face_encoder = FrozenFaceEncoder.from_workdir(
+        resolve_path(config.face_encoder_workdir, workdir))
     autoencoder = None
     if config.model.get("space", "pixel") == "latent":
-      from idjax.autoencoder.frozen import FrozenAutoencoder
       autoencoder = FrozenAutoencoder.from_workdir(
           resolve_path(config.autoencoder_workdir, workdir))
+    mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+    abstract = abstract_params(config, face_encoder, model_side(config, autoencoder), mesh)
+    _, params = restore.restore_ema(workdir, abstract)
     return cls(config, params, face_encoder, mesh=mesh, per_device_batch=per_device_batch,
                autoencoder=autoencoder)
 
   # --- placement ---------------------------------------------------------
 
-  def _param_shardings(self, params):
-    """Params sharded by the rules (replicated on a data-only mesh)."""
-    fe = self.face_encoder
-    for with_masks in (True, False):  # the identity bank exists only in some inits
-      args = models.dummy_inputs(
-          self.config.model, batch=1, frames=self.config.model.patch_size[0],
-          height=self.model_side, width=self.model_side, text_len=self.text_len,
-          num_chars=self.max_characters, num_refs=self.num_references,
-          face_embed_dim=fe.embed_dim, face_feature_dim=fe.feature_dim,
-          face_cells=fe.feature_cells, with_masks=with_masks)
-      abstract = jax.eval_shape(lambda: self.model.init(jax.random.key(0), *args))
-      shardings = sharding.tree_shardings(
-          nn.get_partition_spec(abstract)["params"], self.mesh, self.rules)
-      if jax.tree.structure(nn.unbox(abstract)["params"]) == jax.tree.structure(params):
-        return shardings
-    # A params tree this module does not produce: replicate (always correct).
-    return jax.tree.map(lambda _: sharding.replicated(self.mesh), params)
+  def _param_shardings(self):
+    """Each param's NamedSharding: its logical axis names through the rules
+    (fsdp/tensor-sharded as in training; replicated on a data-only mesh)."""
+    return jax.tree.map(lambda a: a.sharding, self._abstract_params)
 
   def _put_batch(self, tree):
     return jax.tree.map(

@@ -11,20 +11,17 @@ then moves the bad step aside to checkpoints/bad-<step> (never deletes it);
 inference, a reader of a folder a trainer may be using, leaves it in place.
 """
 
-import logging
 import os
-import re
-import sys
 
 import jax
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
-from idjax import config_rules, configlib
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from idjax import configlib
+# The read side is shared with inference (idjax.restore), which must not import the trainer.
+from idjax.restore import (CHECKPOINT_DIR, CONFIG_FILE, check_state_folder,  # noqa: F401
+                           read_saved_config, read_video_config as read_config,
+                           restore_newest)
 
 # Config entries that fix the shapes of the train state (or of the data it
 # was trained on); any difference makes an existing checkpoint unusable.
@@ -107,172 +104,18 @@ def check_state_shapes(manager, step, abstract_state) -> None:
 def restore(manager, step, abstract_state):
   """Restores the state saved at `step` into the shardings of `abstract_state`
   (a pytree of jax.ShapeDtypeStruct with `sharding`)."""
-  _check_state_folder(manager, step)
+  check_state_folder(manager, step)
   check_state_shapes(manager, step, abstract_state)
   out = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state)))
   return out["state"]
 
 
-class _Unreadable(Exception):
-  """A step's files are not what orbax wrote (the message says what is wrong)."""
-
-
-def _check_state_folder(manager, step):
-  if not os.path.isdir(os.path.join(os.fspath(manager.directory), str(step), "state")):
-    raise _Unreadable("its state/ folder is missing")
-
-
-def _reason(error: BaseException, step_dir: str) -> str:
-  """A storage error in a few words: the status, the file, the last cause
-  (tensorstore messages run to a thousand characters of settings)."""
-  if isinstance(error, _Unreadable):
-    return str(error)
-  text = str(error.args[0] if isinstance(error, KeyError) and error.args else error)
-  text = text.split(" [tensorstore_spec=")[0].strip().splitlines()[0] if text.strip() else ""
-  status = re.match(r"([A-Z_]{4,}): ", text)
-  files = re.findall(r'local file "([^"]+)"', text)
-  if status and files:
-    where = os.path.relpath(files[-1], step_dir)
-    cause = text.rsplit(": ", 1)[-1]
-    text = f"{status.group(1)} in {where}: {cause}"
-  if len(text) > 200:
-    text = text[:197] + "..."
-  return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-_FAILED_READS = set()  # checkpoint folders whose failed reads were reported
-
-
-def _quiet_failed_reads(directory: str) -> None:
-  """A failed orbax read leaves echoes: tensorstore callbacks aimed at an event
-  loop orbax has closed ("Event loop is closed", printed as tracebacks) and
-  asyncio tasks whose error nobody retrieved (logged, each with the whole
-  tensorstore spec, when collected). The error itself has been reported in
-  one line; drop just these echoes."""
-  _FAILED_READS.add(os.path.abspath(directory))
-  if getattr(sys.unraisablehook, "_idjax_quiet", False):
-    return
-  previous = sys.unraisablehook
-
-  def hook(unraisable):
-    if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(
-        unraisable.exc_value):
-      return
-    previous(unraisable)
-
-  def echo(record):
-    exc = record.exc_info[1] if record.exc_info else None
-    text = f"{record.getMessage()} {exc}"
-    return not ("never retrieved" in text and any(d in text for d in _FAILED_READS))
-
-  hook._idjax_quiet = True
-  sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(echo)
-
-
-def _all_processes_agree(ok: bool) -> bool:
-  """True when `ok` on every process (a restore is used only if all could read it)."""
-  if jax.process_count() == 1:
-    return ok
-  from jax.experimental import multihost_utils
-  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
-
-
-def _aside_name(directory: str, step: int) -> str:
-  name, n = f"bad-{step}", 1
-  while os.path.exists(os.path.join(directory, name)):
-    n += 1
-    name = f"bad-{step}.{n}"
-  return name
-
-
-def restore_newest(manager, restore_step, *, move_aside: bool, log=None):
-  """(step, restore_step(step)) for the newest step that can be read.
-
-  Each unreadable step newer than it gets one line on stderr: its number,
-  the reason, and what became of it. With `move_aside` (training) it is
-  renamed checkpoints/bad-<step> and the manager reloaded, so that new saves
-  and max_to_keep see only good steps; without (inference) it stays. A
-  UsageError (a checkpoint that does not fit the model) is not a read error
-  and propagates. Returns (None, None) when the manager holds no step;
-  raises UsageError, having changed nothing, when none is readable.
-  """
-  log = log or (lambda line: print(line, file=sys.stderr, flush=True))
-  directory = os.fspath(manager.directory)
-  _quiet_failed_reads(directory)
-  steps = sorted(manager.all_steps(), reverse=True)
-  if not steps:
-    return None, None
-  bad = []
-  for step in steps:
-    try:
-      state, ok = restore_step(step), True
-    except configlib.UsageError:
-      raise
-    except Exception as e:  # orbax, tensorstore and json raise many types.
-      state, ok, reason = None, False, _reason(e, os.path.join(directory, str(step)))
-    if _all_processes_agree(ok):
-      break
-    bad.append((step, reason if not ok else "another process could not read it"))
-  else:
-    listed = "; ".join(f"step {s}: {r}" for s, r in bad)
-    raise configlib.UsageError(
-        f"No checkpoint in {directory} can be read ({listed}); nothing was changed: train "
-        "again in a new --workdir, or move that folder aside to restart this one from step 0.")
-  lead = jax.process_index() == 0
-  for s, reason in bad:
-    fate = "left it in place"
-    if move_aside:
-      name = _aside_name(directory, s)
-      if lead:
-        os.rename(os.path.join(directory, str(s)), os.path.join(directory, name))
-      fate = f"moved it to {name}"
-    if lead:
-      log(f"warning: checkpoint step {s} in {directory} cannot be read ({reason}); {fate}; "
-          f"continuing from step {step}.")
-  if bad and move_aside:
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
-      multihost_utils.sync_global_devices("idjax: unreadable checkpoints moved aside")
-    manager.reload()
-  return step, state
-
-
-def read_config(workdir) -> ml_collections.ConfigDict:
-  """WORKDIR/config.json for inference, checked by the config rules;
-  UsageError (one sentence) when it is missing, unreadable, of another kind
-  (a face encoder's or an autoencoder's workdir), or invalid."""
-  workdir = os.path.abspath(os.fspath(workdir))
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
-    raise configlib.UsageError(
-        f"{workdir} holds no {CONFIG_FILE}; train a model there with train.py first.")
-  config = read_saved_config(path, "sampling needs it: restore it from a copy")
-  kind = config.get("kind", "video")
-  if kind != "video":
-    raise configlib.UsageError(
-        f"{workdir} holds a model of kind {kind!r}, not a video model; give the workdir of one "
-        "trained with train.py --config configs/tiny.py (or another video config).")
-  config_rules.check(config, source=f"saved config {path}")
-  return config
-
-
-def read_saved_config(path, advice="restore it, or delete it to resume without the check that "
-                      "the config still fits the checkpoints") -> ml_collections.ConfigDict:
-  """A config.json written by `configlib.save_config`; UsageError if unreadable."""
-  try:
-    config = configlib.load_saved_config(path)
-  except (OSError, UnicodeDecodeError, ValueError, TypeError) as e:
-    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")
-    raise configlib.UsageError(f"{path} cannot be read ({reason}); {advice}.") from None
-  return config
-
-
 def load_inference(workdir):
   """(config, ema_params) of the newest readable checkpoint in a video workdir.
 
-  The params land on the default device; the caller may reshard them.
+  The whole TrainState lands on the default device (for tests and tools;
+  sampling reads only the EMA, sharded, with `idjax.restore.restore_ema`).
   Raises ValueError (a UsageError: one sentence) when the workdir holds no
   trained video model or no readable checkpoint; skips unreadable newer steps
   with a warning line (see `restore_newest`), leaving them in place.
@@ -294,7 +137,7 @@ def load_inference(workdir):
 def restore_tree(manager, step):
   """The state saved at `step` as nested dicts on the default device (no model
   or optimizer needed to describe it: the stored metadata does)."""
-  _check_state_folder(manager, step)
+  check_state_folder(manager, step)
   stored = manager.item_metadata(step)["state"].tree
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   abstract = jax.tree.map(

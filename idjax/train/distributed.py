@@ -67,7 +67,8 @@ def settings_from(coordinator=None, num_processes=None, process_id=None,
     num = int(num_processes if num_processes is not None else env.get("JAX_NUM_PROCESSES", 1))
     pid = int(process_id if process_id is not None else env.get("JAX_PROCESS_ID", 0))
   except ValueError as e:
-    raise configlib.UsageError(f"Number of processes and process id must be integers ({e}).")
+    raise configlib.UsageError(
+        f"Number of processes and process id must be integers ({e}).") from None
   if num < 1 or not 0 <= pid < num:
     raise configlib.UsageError(f"Process id {pid} is not in [0, {num}).")
   if num > 1 and not coordinator:
@@ -228,16 +229,20 @@ class Watchdog:
     self.timeout_s = float(timeout_s)
     self.what = what
     self._last = time.monotonic()
+    self._allowance = 1
     self._stop = threading.Event()
     self._thread = threading.Thread(target=self._run, daemon=True)
     self._thread.start()
 
-  def beat(self):
+  def beat(self, steps: int = 1):
+    """Progress now; the next beat is due within `steps` x timeout_s (a host
+    about to wait for `steps` queued steps gives each the usual time)."""
     self._last = time.monotonic()
+    self._allowance = max(1, int(steps))
 
   def _run(self):
     while not self._stop.wait(min(1.0, self.timeout_s / 4)):
-      if time.monotonic() - self._last > self.timeout_s:
+      if time.monotonic() - self._last > self.timeout_s * self._allowance:
         print(f"error: process {jax.process_index()} made no progress on {self.what} for "
               f"{self.timeout_s:.0f} s; another process has probably died. Exiting.",
               file=sys.stderr, flush=True)

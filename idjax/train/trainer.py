@@ -20,7 +20,7 @@ from idjax import config_rules, configlib, paths, sharding
 from idjax.rng import derive
 from idjax.train import checkpoint
 from idjax.train.distributed import Watchdog
-from idjax.train.state import TrainState, create_state, make_optimizer
+from idjax.train.state import create_state, make_optimizer
 from idjax.train.step import make_train_step
 from idjax.train.writer import MetricsWriter
 
@@ -115,6 +115,32 @@ def host_value(x):
   """A replicated array's value on this host (works when other processes hold
   devices of the mesh too, where device_get would refuse)."""
   return np.asarray(x.addressable_data(0))
+
+
+def fetch(tree):
+  """Host values of a tree of replicated arrays: the loop's only device -> host
+  reads, made at sync steps (tests count its calls)."""
+  return jax.tree.map(host_value, tree)
+
+
+def param_table(params) -> str:
+  """Parameter count and size per top-level module of `params` (arrays or
+  ShapeDtypeStructs), largest first, and the total."""
+  rows = []
+  for name, subtree in params.items():
+    leaves = jax.tree.leaves(subtree)
+    count = sum(math.prod(x.shape) for x in leaves)
+    size = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in leaves)
+    rows.append((name, count, size))
+  rows.sort(key=lambda r: -r[1])
+  total = sum(r[1] for r in rows)
+  total_size = sum(r[2] for r in rows)
+  width = max([len("module"), len("total")] + [len(r[0]) for r in rows])
+  lines = [f"{'module':<{width}}  {'parameters':>14}  {'share':>6}  {'MiB':>9}"]
+  for name, count, size in rows + [("total", total, total_size)]:
+    lines.append(f"{name:<{width}}  {count:>14,}  {count / max(total, 1):>6.1%}  "
+                 f"{size / 2**20:>9.2f}")
+  return "\n".join(lines)
 
 
 def put_replicated(tree, mesh):
@@ -262,18 +288,59 @@ def _write_samples(config, workdir, step, num=2):
                        video_io.contact_sheet(frames, refs))
 
 
+# jnp.maximum over two replicated scalars, jitted once (cached on shapes).
+_maximum = jax.jit(jnp.maximum)
+
+
+class _Profiler:
+  """A jax.profiler trace of steps start+1 .. stop in WORKDIR/profile
+  (`steps=(start, stop)`; None: off). A resumed run past `start` traces from
+  where it starts, if that is before `stop`."""
+
+  def __init__(self, workdir, steps):
+    self.folder = os.path.join(workdir, "profile")
+    self.start, self.stop = steps if steps else (None, None)
+    self.running, self.first = False, None
+
+  def before_step(self, step):
+    if self.start is not None and not self.running and self.start <= step < self.stop:
+      jax.profiler.start_trace(self.folder)
+      self.running, self.first = True, step + 1
+
+  def after_step(self, step, state):
+    if self.running and step >= self.stop:
+      jax.block_until_ready(state)  # the trace must hold the steps' device work
+      self.close()
+
+  def close(self):
+    if self.running:
+      jax.profiler.stop_trace()
+      self.running = False
+      if jax.process_index() == 0:
+        print(f"Profile of steps {self.first}..{self.stop} written to {self.folder}",
+              file=sys.stderr, flush=True)
+
+
 def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batches=None,
-          stop_at=None, progress=True, sample_hook=_write_samples) -> dict:
+          stop_at=None, progress=True, sample_hook=_write_samples, profile_steps=None) -> dict:
   """Trains (or resumes) the video model in `workdir`; returns the last metrics.
 
   `stop_at`: leave after that step with a checkpoint, as a preemption would
   (time-boxed jobs; the resume tests). `sample_hook(config, workdir, step)`
   writes samples every train.sample_every steps and at the end (None: off).
+  `profile_steps=(start, stop)`: a jax.profiler trace of the steps after step
+  `start` up to step `stop`, in WORKDIR/profile (for TensorBoard or Perfetto).
 
   `model`, `encoder`, `autoencoder` (latent space only) and `batches`
   (anything with `batch_at(step)`) default to those the config names; tests
-  pass small ones. Raises TrainingDiverged
-  after too many non-finite steps in a row.
+  pass small ones.
+
+  The loop reads metrics back to the host only at sync steps: every
+  train.log_every steps, and before a checkpoint, a sample or a stop, so that
+  steps are dispatched asynchronously in between. Raises TrainingDiverged
+  when a sync step finds that train.max_nonfinite_steps steps in a row had a
+  non-finite loss or gradient since the last one (the longest run is tracked
+  on the device), before any checkpoint of the later steps is written.
   """
   from idjax.models import build_model
 
@@ -295,6 +362,8 @@ def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batche
         f"times train.grad_accum={tc.grad_accum}.")
 
   setup = make_setup(config, model, encoder, mesh, autoencoder)
+  if jax.process_index() == 0:
+    print(f"Video model parameters:\n{param_table(setup.abstract_state.params)}", flush=True)
   manager = checkpoint.make_manager(workdir, tc)
   state = _start_state(workdir, config, manager, setup)
   if batches is None:
@@ -308,45 +377,68 @@ def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batche
   bar = _progress(step, tc.steps, progress and jax.process_index() == 0)
   watchdog, last = None, {}
   tick, tick_step = time.perf_counter(), step
+  # The longest run of non-finite steps since the last sync, kept on the device.
+  longest, skipped_before = None, int(host_value(state.skipped))
+  synced_at = step
+  profiler = _Profiler(workdir, profile_steps)
   try:
     with _StopFlag() as stop:
       batch = batches.batch_at(step)
       while step < tc.steps:
+        profiler.before_step(step)
         state, metrics = setup.run_step(state, batch)
         step += 1
+        run = metrics["nonfinite"]  # consecutive non-finite steps up to this one
+        longest = run if longest is None else _maximum(longest, run)
         # The step runs asynchronously: render the next batch meanwhile.
         batch = batches.batch_at(step) if step < tc.steps else None
-        nonfinite = int(host_value(metrics["nonfinite"]))
+        profiler.after_step(step, state)
         if watchdog:
           watchdog.beat()
         elif jax.process_count() > 1:  # started after the first (compiling) step
           watchdog = Watchdog(tc.heartbeat_timeout_s)
-        if nonfinite >= tc.max_nonfinite_steps:
+        bar.update(1)
+        stopping = stop.signal is not None or step == stop_at
+        saving = step % tc.checkpoint_every == 0 or step == tc.steps
+        sampling = bool(tc.sample_every and step % tc.sample_every == 0) or step == tc.steps
+        log = step % tc.log_every == 0 or step == tc.steps
+        if not (stopping or saving or sampling or log):
+          continue
+        # A sync step: the only place the loop waits for the device, for the
+        # steps dispatched since the last one (the watchdog allows each its time).
+        if watchdog:
+          watchdog.beat(steps=step - synced_at)
+        values = fetch(dict(metrics, longest_nonfinite_run=longest))
+        run = int(values.pop("longest_nonfinite_run"))
+        longest, synced_at = None, step
+        if run >= tc.max_nonfinite_steps:
           raise TrainingDiverged(
-              f"{nonfinite} consecutive steps had a non-finite loss or gradient (up to step "
+              f"{run} consecutive steps had a non-finite loss or gradient (found at step "
               f"{step}); stopped. The last good checkpoint is kept in {workdir}/checkpoints.")
-        if nonfinite:
-          bar.write(f"step {step}: non-finite loss or gradient, update skipped "
-                    f"({nonfinite} in a row)")
-        if step % tc.log_every == 0 or step == tc.steps:
+        skipped = int(values["skipped"])
+        if skipped > skipped_before:
+          bar.write(f"steps to {step}: {skipped - skipped_before} non-finite loss or gradient, "
+                    f"update skipped (at most {run} in a row)")
+        skipped_before = skipped
+        if log:
           now = time.perf_counter()
           rate = (step - tick_step) / max(now - tick, 1e-9)
           tick, tick_step = now, step
-          last = {k: float(host_value(v)) for k, v in metrics.items()}
+          last = {k: float(v) for k, v in values.items()}
           last.update(steps_per_s=rate, model_tflops_per_s=flops * rate / 1e12)
           writer.write(step, last)
           bar.set_postfix(loss=f"{last['loss']:.4f}", steps_per_s=f"{rate:.2f}")
-        bar.update(1)
-        if stop.signal is not None or step == stop_at:
+        if stopping:
           checkpoint.save(manager, state, force=True)
           break
-        if step % tc.checkpoint_every == 0 or step == tc.steps:
+        if saving:
           checkpoint.save(manager, state)
-        if (tc.sample_every and step % tc.sample_every == 0) or step == tc.steps:
+        if sampling:
           manager.wait_until_finished()
           if sample_hook:
             sample_hook(config, workdir, step)
   finally:
+    profiler.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()

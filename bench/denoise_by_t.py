@@ -1,0 +1,154 @@
+"""Where a trained video model's denoising fails: its clean estimate against t.
+
+  python bench/denoise_by_t.py --workdir runs/demo/video [--clips 8] [--out bench/results/denoise_by_t.json]
+
+On real held-out clips (in the model's space: pixels, or the autoencoder's
+latents) noised to each t, it prints per t:
+  mse        mean squared error of the clean estimate x0_hat;
+  mean_mse   that of predicting every clip as the clips' mean (at t = 1,
+             where the input is pure noise, nothing can do much better);
+  leak       how much of the input noise is copied into x0_hat: the
+             regression coefficient of (x0_hat - x0) on the noise. For
+             white Gaussian data of variance s^2 the best estimate leaks
+             (1-t) s^2 t / ((1-t)^2 s^2 + t^2); at t = 1 it must be 0.
+Then it samples from the same clips noised to t0 (instead of from pure
+noise) and prints the FaceSim position of each start: a model whose samples
+fail from t0 = 1 but not from t0 = 0.6 denoises well and cannot lay out a
+frame from noise. One JSON object is written to --out.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from idjax import diffusion, models
+from idjax.data import world
+from idjax.eval import benchmark
+from idjax.face.frozen import FrozenFaceEncoder
+from idjax.sampling import samplers
+from idjax.sampling.generator import Generator, resolve_path
+
+TS = (1.0, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2, 0.1, 0.05)
+STARTS = (1.0, 0.8, 0.6, 0.4)
+
+
+def heldout_clips(generator, n, num_frames):
+  cfg = benchmark.world_config(generator.config, num_frames)
+  ids = world.split_identities("heldout", n)
+  return [world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]]) for i in range(n)]
+
+
+def model_space(generator, frames):
+  x0 = diffusion.to_model_space(frames)
+  if generator.autoencoder is not None:
+    x0 = generator.autoencoder.encode(generator.autoencoder_params, x0)
+  return np.asarray(x0)
+
+
+def error_by_t(generator, clips):
+  n, frames = len(clips), clips[0]["frames"].shape[0]
+  x0 = model_space(generator, np.stack([c["frames"] for c in clips]))
+  host = generator._host_batch(
+      [c["prompt"] for c in clips],
+      [[c["references"][0]] for c in clips],
+      frames,
+      np.ones(n, np.float32),
+      np.arange(n),
+      np.stack([c["boxes"] for c in clips]),
+  )
+  emb, feats = generator._encode_fn()(generator.face_params, host.references[:n])
+  identity = models.IdentityInputs(
+      emb, feats, host.ref_valid[:n], host.char_valid[:n], host.face_masks[:n]
+  )
+  noise = np.asarray(jax.random.normal(jax.random.PRNGKey(1), x0.shape))
+  mean_mse = float(np.mean((x0.mean(0, keepdims=True) - x0) ** 2))
+  rows = []
+  for t in TS:
+    x_t = (1 - t) * x0 + t * noise
+    v = generator.model.apply(
+        {"params": generator.params}, x_t, jnp.full((n,), t), host.text[:n], identity, jnp.ones(n)
+    )
+    err = np.asarray(x_t - t * v) - x0
+    rows.append(
+        dict(
+            t=t,
+            mse=float(np.mean(err**2)),
+            mean_mse=mean_mse,
+            leak=float(np.mean(err * noise) / np.mean(noise**2)),
+        )
+    )
+  return rows
+
+
+def position_by_start(generator, eval_encoder, n):
+  """FaceSim position of samples started from real clips noised to t0."""
+  cfg = benchmark.world_config(generator.config, None)
+  ids = world.split_identities("heldout", n + 1)
+  ids = ids[np.random.default_rng([0, 0xE7A1]).permutation(len(ids))]  # evaluate()'s order
+  real = np.stack(
+      [
+          world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])["frames"]
+          for i in range(n)
+      ]
+  )
+  x0 = model_space(generator, real)
+  make_batch, make_grid = generator._host_batch, samplers.timesteps
+  out = []
+  try:
+    for t0 in STARTS:
+
+      def host(*args, t0=t0):
+        batch = make_batch(*args)
+        start = batch.noise.copy()
+        start[:n] = (1 - t0) * x0 + t0 * start[:n]
+        return dataclasses.replace(batch, noise=start)
+
+      generator._host_batch = host
+      samplers.timesteps = lambda s, shift=1.0, t0=t0: (make_grid(s, shift) * t0).astype(np.float32)
+      steps = max(int(round(int(generator.config.sample.steps) * t0)), 1)
+      r = benchmark.evaluate(generator, eval_encoder, n, 0, {"refs+text": dict(steps=steps)})
+      out.append(dict(t0=t0, steps=steps, position=r["position"]["refs+text"]))
+  finally:
+    generator._host_batch, samplers.timesteps = make_batch, make_grid
+  return out
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--workdir", required=True)
+  p.add_argument("--clips", type=int, default=8)
+  p.add_argument("--out", default="bench/results/denoise_by_t.json")
+  args = p.parse_args()
+  generator = Generator.from_workdir(args.workdir)
+  eval_encoder = FrozenFaceEncoder.from_workdir(
+      resolve_path(generator.config.eval_encoder_workdir, args.workdir)
+  )
+  rows = error_by_t(
+      generator, heldout_clips(generator, args.clips, int(generator.config.data.num_frames))
+  )
+  print(f"{'t':>5} {'mse':>8} {'mean_mse':>9} {'leak':>7}")
+  for r in rows:
+    print(f"{r['t']:5.2f} {r['mse']:8.4f} {r['mean_mse']:9.4f} {r['leak']:+7.3f}")
+  starts = position_by_start(generator, eval_encoder, args.clips)
+  for r in starts:
+    print(
+        f"sampling from real clips noised to t0 = {r['t0']:.1f} ({r['steps']} steps): "
+        f"FaceSim position {r['position']:.3f}"
+    )
+  result = dict(workdir=os.path.abspath(args.workdir), clips=args.clips, by_t=rows, by_start=starts)
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  with open(args.out, "w") as f:
+    json.dump(result, f, indent=2)
+  print(json.dumps(dict(by_t=len(rows), by_start=len(starts), out=args.out)))
+
+
+if __name__ == "__main__":
+  main()
