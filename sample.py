@@ -94,7 +94,7 @@ def parse_characters(args) -> dict:
 
 def parse_boxes(args, names) -> list | None:
   """Per character (in `names` order) a [4] or [2, 4] box spec; None if no --box."""
-  from idjax.sampling.layout import validate_box
+  from idjax.layout import validate_box
   if not args.box:
     return None
   boxes = {}
@@ -158,9 +158,10 @@ def main(argv=None):
   images = {name: [load_image(p) for p in files] for name, files in chars.items()}
 
   # Heavy imports after every cheap check: usage errors come back at once.
+  from idjax import video_io
   from idjax.eval import metrics
   from idjax.face.frozen import FrozenFaceEncoder
-  from idjax.sampling import memory, video_io
+  from idjax.sampling import memory
   from idjax.sampling.generator import Generator, prepare_reference, resolve_path
   try:
     generator = Generator.from_workdir(args.workdir)

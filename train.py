@@ -3,9 +3,10 @@
   python train.py --config configs/face_encoder.py --workdir runs/demo/face
   python train.py --config configs/tiny.py --workdir runs/demo/video [--config.key=value ...]
 
-Restarting with the same --workdir resumes from its latest checkpoint.
-SIGTERM / Ctrl-C save a checkpoint and exit 0. --profile-steps 5,8 writes a
-jax.profiler trace of steps 6..8 to WORKDIR/profile (video model only).
+Restarting with the same --workdir resumes from its latest checkpoint (video
+model and face encoder). SIGTERM / Ctrl-C save a checkpoint and exit 0.
+--profile-steps 5,8 writes a jax.profiler trace of steps 6..8 to
+WORKDIR/profile (video model and face encoder).
 Several processes (one per host): --coordinator HOST:PORT --num-processes N
 --process-id I, or the environment variables JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID.
 Process 0's coordination service has no authentication: a localhost coordinator
@@ -13,9 +14,16 @@ listens on loopback only; for several hosts, --coordinator-bind HOST:PORT picks
 a trusted interface (JAX's default is every interface).
 """
 
+import functools
 import sys
 
+# Importing these initialises no JAX backend, so distributed.initialize (in
+# main) still comes before any JAX computation.
 from idjax import config_rules, configlib, paths
+from idjax.autoencoder.train import train_autoencoder
+from idjax.face.train import train_face_encoder
+from idjax.sampling.hooks import write_samples
+from idjax.train import distributed, loop, trainer
 
 
 def parse_args(argv):
@@ -31,8 +39,8 @@ def parse_args(argv):
   p.add_argument("--process-id", type=int, default=None)
   p.add_argument("--no-progress", action="store_true")
   p.add_argument("--profile-steps", "--profile_steps", default=None, metavar="START,STOP",
-                 help="video model: write a jax.profiler trace of the steps after START up "
-                 "to STOP to WORKDIR/profile")
+                 help="video model or face encoder: write a jax.profiler trace of the steps "
+                 "after START up to STOP to WORKDIR/profile")
   known, rest = p.parse_known_args(argv)
   config = configlib.load_config_file(known.config)
   leftover = configlib.parse_overrides(config, rest)
@@ -65,30 +73,32 @@ def main(argv):
   if kind not in ("video", "face_encoder", "autoencoder"):
     raise configlib.UsageError(
         f"config.kind must be 'video', 'face_encoder' or 'autoencoder', got {kind!r}.")
-  if args.profile_steps and kind != "video":
-    raise configlib.UsageError(f"--profile-steps profiles the video model, not a {kind} run.")
+  if args.profile_steps and kind == "autoencoder":
+    raise configlib.UsageError("--profile-steps profiles the video model or a face encoder, "
+                               "not an autoencoder run.")
 
-  from idjax.train import distributed
   settings = distributed.settings_from(args.coordinator, args.num_processes, args.process_id,
                                        args.coordinator_bind)
-  timeouts = config.get("train", {})
-  distributed.initialize(settings, init_timeout_s=timeouts.get("init_timeout_s", 300),
-                         heartbeat_timeout_s=timeouts.get("heartbeat_timeout_s", 100))
+  # Video configs set both timeouts (configs/tiny.py); the other kinds get
+  # distributed.initialize's.
+  timeouts = {key: value for key, value in config.get("train", {}).items()
+              if key in ("init_timeout_s", "heartbeat_timeout_s")}
+  distributed.initialize(settings, **timeouts)
 
-  if kind == "face_encoder":
-    from idjax.face.train import train_face_encoder
-    train_face_encoder(config, args.workdir)
-    return 0
   if kind == "autoencoder":
-    from idjax.autoencoder.train import train_autoencoder
     train_autoencoder(config, args.workdir, progress=not args.no_progress)
     return 0
-
-  from idjax.train import trainer
   try:
+    if kind == "face_encoder":
+      train_face_encoder(config, args.workdir, progress=not args.no_progress,
+                         profile_steps=args.profile_steps)
+      return 0
+    # Samples of held-out identities every train.sample_every steps and at the end.
+    samples = loop.Hook(functools.partial(write_samples, config, args.workdir),
+                        every=config.train.sample_every)
     metrics = trainer.train(config, args.workdir, progress=not args.no_progress,
-                            profile_steps=args.profile_steps)
-  except trainer.TrainingDiverged as e:
+                            hooks=[samples], profile_steps=args.profile_steps)
+  except loop.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   print(f"Trained to step {metrics['step']} in {args.workdir}"

@@ -14,7 +14,8 @@ latents) noised to each t, it prints per t:
 Then it samples from the same clips noised to t0 (instead of from pure
 noise) and prints the FaceSim position of each start: a model whose samples
 fail from t0 = 1 but not from t0 = 0.6 denoises well and cannot lay out a
-frame from noise. One JSON object is written to --out.
+frame from noise. One JSON object is written to --out; --sheet also draws
+the clean estimates along the sampling trajectory (docs/latent_trajectory.png).
 """
 
 import argparse
@@ -28,6 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from idjax import diffusion, models
 from idjax.data import world
@@ -121,11 +123,44 @@ def position_by_start(generator, eval_encoder, n):
   return out
 
 
+def trajectory_sheet(generator, n, path, columns=(0, 3, 6, 10, 15, 20)):
+  """PNG: per held-out identity (rows), the real first frame, then the
+  sampler's clean estimate x0_hat (decoded) at the grid steps `columns`,
+  then the sample. x0_hat at step k is one Euler step from grid[k] to 0."""
+  cfg = benchmark.world_config(generator.config, None)
+  ids = world.split_identities("heldout", n + 1)
+  ids = ids[np.random.default_rng([0, 0xE7A1]).permutation(len(ids))]
+  clips = [world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]]) for i in range(n)]
+  steps = int(generator.config.sample.steps)
+  grid = samplers.timesteps(steps)
+  make_grid = samplers.timesteps
+  panels = [np.concatenate([c["frames"][0] for c in clips], 0)]
+  try:
+    for k in list(columns) + [steps]:
+      cut = grid if k >= steps else np.append(grid[: k + 1], np.float32(0.0))
+      samplers.timesteps = lambda s, shift=1.0, cut=cut: cut
+      out = generator.generate(
+          [c["prompt"] for c in clips],
+          [[c["references"][0]] for c in clips],
+          layout=[[c["boxes"][0]] for c in clips],
+          steps=len(cut) - 1,
+          seed=0,
+          progress=False,
+      )
+      panels.append(np.concatenate(list(out["frames"][:, 0]), 0))
+  finally:
+    samplers.timesteps = make_grid
+  sheet = np.concatenate(panels, 1)
+  Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
+  return [float(grid[k]) for k in columns] + [0.0]
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True)
   p.add_argument("--clips", type=int, default=8)
   p.add_argument("--out", default="bench/results/denoise_by_t.json")
+  p.add_argument("--sheet", default="", help="also write the trajectory contact sheet (PNG) here")
   args = p.parse_args()
   generator = Generator.from_workdir(args.workdir)
   eval_encoder = FrozenFaceEncoder.from_workdir(
@@ -144,6 +179,9 @@ def main():
         f"FaceSim position {r['position']:.3f}"
     )
   result = dict(workdir=os.path.abspath(args.workdir), clips=args.clips, by_t=rows, by_start=starts)
+  if args.sheet:
+    result["sheet"] = dict(path=args.sheet, t=trajectory_sheet(generator, 4, args.sheet))
+    print(f"wrote {args.sheet}: columns real, then x0_hat at t = {result['sheet']['t']}")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)

@@ -8,7 +8,7 @@ import os
 
 import ml_collections
 
-from idjax import configlib, sharding
+from idjax import configlib
 
 
 def get_config():
@@ -47,5 +47,4 @@ def get_config():
   config.train.sample_every = 5000
 
   config.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1, sequence=1))
-  config.sharding.rules = sharding.DEFAULT_RULES
   return config

@@ -6,8 +6,15 @@ Every rule is one line of a table: a key and what its value must be
 listing every violation with the key, the value and the rule, so that
 train.py, sample.py and eval refuse a bad value in the same words, at once.
 
+Every enum-like key (a string from a fixed set) is a `one_of` rule here, so a
+misspelt option is refused when the config is loaded, naming its key, rather
+than deep inside a traced model; the modules that branch on such a value
+keep only a cheap check at construction, for Python callers. Tests keep each
+set equal to the one the code branches on.
+
 Keys a table names but the config lacks are skipped (older configs, saved
-before a key existed, still load); keys no table names are not an error
+before a key existed, still load; `with_absent_keys` gives such a config the
+values those keys had then); keys no table names are not an error
 (configlib already refuses unknown `--config.` overrides).
 """
 
@@ -23,13 +30,20 @@ MESH_AXES = ("data", "fsdp", "tensor", "sequence")  # as idjax.sharding (kept ja
 MAX_SEED = 2**32 - 1
 MAX_CHARACTERS = 8    # what the synthetic world can draw into one clip
 TEXT_VOCABULARY = 44  # len(idjax.data.prompts.VOCABULARY); tests keep the two equal
+# "none" and idjax.models.dit.REMAT_POLICIES (jax checkpoint policies; kept
+# jax-free here, tests keep the two equal).
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "everything_saveable",
+                  "nothing_saveable")
 
 
 @dataclasses.dataclass(frozen=True)
 class Check:
-  """A test on one value and the words that state it ("an integer >= 1")."""
+  """A test on one value and the words that state it ("an integer >= 1");
+  `choices`: the allowed values of an enum-like key (`one_of`)."""
   ok: Callable[[Any], bool]
   text: str
+  choices: tuple | None = None
 
 
 def _is_int(v) -> bool:
@@ -64,7 +78,7 @@ def number(lo=None, hi=None, *, lo_open=False) -> Check:
 
 
 def one_of(*values) -> Check:
-  return Check(lambda v: v in values, "one of " + ", ".join(repr(x) for x in values))
+  return Check(lambda v: v in values, "one of " + ", ".join(repr(x) for x in values), values)
 
 
 def nonempty_text() -> Check:
@@ -142,9 +156,7 @@ VIDEO = COMMON + (
     ("model.temporal_causal", boolean()),
     ("model.attention_impl", one_of("xla", "cudnn")),
     ("model.scan_blocks", boolean()),
-    ("model.remat_policy", one_of(
-        "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "checkpoint_dots",
-        "checkpoint_dots_with_no_batch_dims", "everything_saveable", "nothing_saveable")),
+    ("model.remat_policy", one_of(*REMAT_POLICIES)),
     ("model.param_dtype", one_of("float32", "bfloat16", "float16")),
     ("model.dtype", one_of("float32", "bfloat16", "float16")),
     # train
@@ -246,9 +258,18 @@ VIDEO_RELATIONS = (
      "a latent-space model (model.space='latent') needs a non-empty autoencoder_workdir"),
 )
 
-# Keys a relation reads as this value when absent (autoencoder_workdir is
-# needed only in latent space, so pixel configs may omit it).
-ABSENT_AS = {"autoencoder_workdir": ""}
+# What a video config's key meant before the key existed: a config saved
+# then (a workdir's config.json) is read with these values
+# (`with_absent_keys`), and relations read them for absent keys. They are not
+# defaults: every shipped config sets these keys (tiny.py makes clean-
+# prediction models; an old saved config without the key was a velocity one).
+ABSENT_AS = {
+    "autoencoder_workdir": "",       # needed only in latent space
+    "model.space": "pixel",          # before latent-space models
+    "model.prediction": "velocity",  # before clean prediction
+    "sample.shift": 1.0,             # before the timestep-grid shift
+    "sample.per_device_batch": 1,    # before batched sampling
+}
 
 RULES = {"video": VIDEO, "face_encoder": FACE_ENCODER, "autoencoder": COMMON}
 RELATIONS = {"video": VIDEO_RELATIONS}
@@ -266,6 +287,22 @@ def lookup(config, key: str, default=_MISSING):
     except (KeyError, TypeError, AttributeError):
       return default
   return node
+
+
+def with_absent_keys(config):
+  """`config`, or a copy of it with each ABSENT_AS key it lacks set to the
+  value the key had before it existed (for configs saved back then). A key
+  whose section is absent too is left absent."""
+  parent = lambda key: key.rpartition(".")[0]
+  missing = [key for key in ABSENT_AS if lookup(config, key) is _MISSING
+             and (not parent(key) or lookup(config, parent(key)) is not _MISSING)]
+  if not missing:
+    return config
+  config = config.copy_and_resolve_references()
+  for key in missing:
+    node = lookup(config, parent(key)) if parent(key) else config
+    node[key.rpartition(".")[2]] = ABSENT_AS[key]
+  return config
 
 
 def _show(value) -> str:

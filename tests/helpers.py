@@ -22,6 +22,7 @@ from idjax.autoencoder.frozen import FrozenAutoencoder
 from idjax.autoencoder.model import autoencoder_from_config
 from idjax.data import world
 from idjax.eval import benchmark
+from idjax.eval import probe as probe_lib
 from idjax.face.encoder import encoder_from_config
 from idjax.face.frozen import FrozenFaceEncoder, build_encoder, save_face_encoder
 from idjax.train import checkpoint, trainer
@@ -56,6 +57,7 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
           attention_impl="xla",
           scan_blocks=True,
           remat_policy="none",
+          prediction="velocity",
           param_dtype="float32",
           dtype="float32",
       )
@@ -430,7 +432,6 @@ def run_trainer(config, workdir, encoder, **kw):
       encoder=encoder,
       batches=kw.pop("batches", FakeBatches(mesh)),
       progress=False,
-      sample_hook=None,
       **kw,
   )
 
@@ -535,3 +536,18 @@ class RealClipGenerator:
           world.render_clip(cfg, seed, j, split="heldout", identity_ids=[ids[j]])["frames"]
       )
     return dict(frames=np.stack(frames))
+
+
+def write_random_probe(path):
+  """A random-weight attribute probe of the default config, saved to `path`
+  (where `python -m idjax.eval` looks first, so nothing is trained)."""
+  config = probe_lib.ProbeConfig()
+  module = probe_lib.AttributeProbe(
+      num_classes=tuple(len(probe_lib.CLASSES[a]) for a in probe_lib.ATTRIBUTES),
+      widths=config.widths,
+      stem_stride=config.stem_stride,
+      hidden=config.hidden,
+  )
+  crops = jnp.zeros((1, config.crop_size, config.crop_size, 3))
+  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), crops))
+  probe_lib.Probe(config, random_params(abstract["params"], 5)).save(path)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from idjax import configlib
-from idjax.train import checkpoint, trainer
+from idjax.train import checkpoint, loop, trainer
 
 from helpers import FakeBatches, mesh_for, run_trainer, saved_state, tiny_encoder, tiny_train_config
 
@@ -26,10 +26,10 @@ def encoder():
 
 
 def _record_device_reads(monkeypatch):
-  """Events in order: "S" a train step dispatched, "F" a sync (trainer.fetch),
-  "h" one device -> host read (trainer.host_value, which fetch uses)."""
+  """Events in order: "S" a train step dispatched, "F" a sync (loop.fetch),
+  "h" one device -> host read (loop.host_value, which fetch uses)."""
   events = []
-  make_setup, fetch, host_value = trainer.make_setup, trainer.fetch, trainer.host_value
+  make_setup, fetch, host_value = trainer.make_setup, loop.fetch, loop.host_value
 
   def recording_setup(*args, **kw):
     setup = make_setup(*args, **kw)
@@ -51,8 +51,8 @@ def _record_device_reads(monkeypatch):
     return host_value(x)
 
   monkeypatch.setattr(trainer, "make_setup", recording_setup)
-  monkeypatch.setattr(trainer, "fetch", recording_fetch)
-  monkeypatch.setattr(trainer, "host_value", recording_host_value)
+  monkeypatch.setattr(loop, "fetch", recording_fetch)
+  monkeypatch.setattr(loop, "host_value", recording_host_value)
   return events
 
 
@@ -75,8 +75,14 @@ def test_resume_is_bit_identical(tmp_path, encoder, monkeypatch, capsys):
   assert re.search(rf"^total +{total:,} +100\.0%", table, re.M), table
   run_trainer(config, resumed, encoder, stop_at=3)
   assert saved_state(str(resumed))["step"] == 3
-  out = run_trainer(config, resumed, encoder)
+  # A hook (as train.py's periodic samples) runs at its steps and the last,
+  # each time after that step's checkpoint is on disk.
+  seen = []
+  hook = loop.Hook(lambda step: seen.append((step, os.listdir(resumed / "checkpoints"))), every=4)
+  out = run_trainer(config, resumed, encoder, hooks=[hook])
   assert out["step"] == 6
+  assert [step for step, _ in seen] == [4, 6]
+  assert all(str(step) in listing for step, listing in seen), seen
   a, b = saved_state(str(straight)), saved_state(str(resumed))
   assert int(a["step"]) == int(b["step"]) == 6
   chex.assert_trees_all_equal(a, b)  # params, EMA, optimizer state, counters: bit for bit
@@ -108,7 +114,7 @@ def test_resume_is_bit_identical(tmp_path, encoder, monkeypatch, capsys):
 def test_param_table_counts_per_top_level_module():
   params = {"small": {"w": np.zeros(4, np.float32), "inner": {"b": np.zeros(2, jnp.bfloat16)}},
             "big": {"kernel": jax.ShapeDtypeStruct((2, 4), np.float32)}}
-  rows = [line.split() for line in trainer.param_table(params).splitlines()]
+  rows = [line.split() for line in loop.param_table(params).splitlines()]
   assert rows[0] == ["module", "parameters", "share", "MiB"]
   assert [r[:3] for r in rows[1:]] == [["big", "8", "57.1%"], ["small", "6", "42.9%"],
                                        ["total", "14", "100.0%"]]
@@ -124,7 +130,7 @@ def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path, encoder):
   config.train.log_every = 4
   mesh = mesh_for(config, dict(data=2, fsdp=4))
   batches = FakeBatches(mesh, nan_steps={3, 4})
-  with pytest.raises(trainer.TrainingDiverged, match=r"2 consecutive .*found at step 6"):
+  with pytest.raises(loop.TrainingDiverged, match=r"2 consecutive .*found at step 6"):
     run_trainer(config, tmp_path, encoder, batches=batches)
   good = saved_state(str(tmp_path))
   assert int(good["step"]) == 3 and int(good["skipped"]) == 0

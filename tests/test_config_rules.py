@@ -139,3 +139,49 @@ def test_a_new_rule_is_one_line(monkeypatch):
   assert config_rules.violations(config) == []
   config.train.new_key = 1
   assert config_rules.violations(config) == ["train.new_key=1 must be an integer >= 2"]
+
+
+def _enum_rules():
+  return [(kind, key, check) for kind, table in config_rules.RULES.items()
+          for key, check in table if check.choices is not None]
+
+
+@pytest.mark.parametrize("kind, key, check", _enum_rules(), ids=[k for _, k, _ in _enum_rules()])
+def test_every_enum_key_is_refused_at_load_naming_the_key(kind, key, check):
+  config = load({"video": "tiny", "face_encoder": "face_encoder"}[kind])
+  *parents, last = key.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  node[last] = "bogus"
+  found = config_rules.violations(config)
+  assert found == [f"{key}='bogus' must be one of " + ", ".join(map(repr, check.choices))]
+
+
+def test_enum_rules_accept_exactly_what_the_code_branches_on():
+  from idjax.models import attention, dit, identity
+  from idjax.sampling import samplers
+  rules = dict(config_rules.VIDEO)
+  code = {
+      "model.prediction": dit.PREDICTIONS,
+      "model.identity_routing": dit.ROUTINGS,
+      "model.reference_mode": identity.REFERENCE_MODES,
+      "model.attention_impl": attention.IMPLEMENTATIONS,
+      "model.remat_policy": ("none",) + tuple(dit.REMAT_POLICIES),
+      "sample.sampler": samplers.METHODS,
+  }
+  for key, values in code.items():
+    assert set(rules[key].choices) == set(values), key
+
+
+def test_configs_saved_before_a_key_existed_read_as_they_were_trained():
+  config = load("tiny")
+  assert config_rules.with_absent_keys(config) is config     # complete: untouched
+  old = config.to_dict()
+  del old["model"]["space"], old["model"]["prediction"], old["sample"]["shift"]
+  old = ml_collections.ConfigDict(old)
+  filled = config_rules.with_absent_keys(old)
+  assert (filled.model.space, filled.model.prediction, filled.sample.shift) == (
+      "pixel", "velocity", 1.0)
+  assert "space" not in old.model                             # a copy
+  assert config_rules.violations(filled) == []

@@ -6,15 +6,12 @@ were."""
 import json
 import os
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from idjax.data import world
-from idjax.eval import probe as probe_lib
 
-from helpers import error_lines, make_workdir, random_params, run_module
+from helpers import error_lines, make_workdir, run_module, write_random_probe
 
 MODULE = "idjax.eval"
 
@@ -26,16 +23,7 @@ def workdir(tmp_path_factory):
   RUNS/probe, where the CLI looks first (so nothing is trained here)."""
   runs = tmp_path_factory.mktemp("eval") / "runs"
   video = make_workdir(str(runs))
-  config = probe_lib.ProbeConfig()
-  module = probe_lib.AttributeProbe(
-      num_classes=tuple(len(probe_lib.CLASSES[a]) for a in probe_lib.ATTRIBUTES),
-      widths=config.widths,
-      stem_stride=config.stem_stride,
-      hidden=config.hidden,
-  )
-  crops = jnp.zeros((1, config.crop_size, config.crop_size, 3))
-  abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), crops))
-  probe_lib.Probe(config, random_params(abstract["params"], 5)).save(str(runs / "probe"))
+  write_random_probe(str(runs / "probe"))
   return video
 
 

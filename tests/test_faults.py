@@ -260,8 +260,7 @@ def test_train_refuses_an_unreadable_config_json(video_two_steps, tmp_path):
   mesh_for(config, dict(data=8))
   with pytest.raises(configlib.UsageError, match=r"config.json cannot be read \(JSONDecodeError"):
     trainer.train(config, work, model=TinyVideoModel(),
-                  encoder=tiny_face_encoder(), batches=object(), progress=False,
-                  sample_hook=None)
+                  encoder=tiny_face_encoder(), batches=object(), progress=False)
   assert digest(work) == before
 
 

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from idjax import layout as layout_lib
 from idjax import models
-from idjax.sampling import layout as layout_lib
 from idjax.sampling.generator import Generator, prepare_reference
 
 from helpers import one_device_mesh, random_refs, tiny_parts

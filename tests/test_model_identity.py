@@ -11,6 +11,13 @@ from idjax import models
 from idjax.models import blocks, dit, identity
 from helpers import model_setup, randomize, tiny_model_config
 
+
+def _encoder(cfg):
+  """The IdentityEncoder that VideoDiT builds for a model config."""
+  return identity.IdentityEncoder(cfg.width, cfg.num_identity_tokens, cfg.identity_layers,
+                                  cfg.num_heads, cfg.mlp_ratio, cfg.reference_mode, "xla")
+
+
 # ---------------------------------------------------------------- NumPy reference
 
 
@@ -79,7 +86,7 @@ def test_identity_tokens_match_numpy(mode):
                            [[False, False, True], [False, False, False]]]),
       char_valid=jnp.array([[True, True], [True, True]]),
       face_masks=None)
-  enc = identity.IdentityEncoder(cfg)
+  enc = _encoder(cfg)
   shapes = jax.eval_shape(enc.init, jax.random.key(0), inputs)["params"]
   params = randomize(nn.meta.unbox(shapes), seed=3, scale=0.5)
   tokens, valid = jax.jit(enc.apply)({"params": params}, inputs)
@@ -115,7 +122,7 @@ def test_other_character_does_not_reach_this_face(routing):
   x = jnp.asarray(rng.normal(size=(b, t, 16, d)), jnp.float32)
   tokens = jnp.asarray(rng.normal(size=(b, 2, q, d)), jnp.float32)
   valid = jnp.ones((b, 2), bool)
-  layer = blocks.IdentityAttention(cfg)
+  layer = blocks.IdentityAttention(cfg.num_heads, "xla")
   ident = dit.route_by_masks(masks, tokens, valid, routing, cfg.patch_size)
   shapes = jax.eval_shape(layer.init, jax.random.key(0), x, ident, jnp.ones((b,)))["params"]
   params = randomize(nn.meta.unbox(shapes), seed=5)
@@ -137,17 +144,17 @@ def test_character_references_do_not_reach_other_face_through_encoder():
   """End to end through the identity encoder: B's references -> only B's face."""
   model, _, params, args = model_setup()
   identity_in = args[3]
-  cfg = model.config
+  cfg = tiny_model_config()   # model_setup's
   masks = _two_faces(b=2, t=4)
   identity_in = identity_in.replace(face_masks=masks)
-  enc = identity.IdentityEncoder(cfg)
+  enc = _encoder(cfg)
 
   def update(ident_in):
     tokens, valid = enc.apply({"params": params["identity"]}, ident_in)
     ctx = dit.route_by_masks(ident_in.face_masks, tokens, valid, "hard", cfg.patch_size)
     x = jnp.ones((2, 4, 16, cfg.width)) * jnp.arange(cfg.width) / cfg.width
     layer_params = jax.tree.map(lambda p: p[0], params["blocks"]["identity"])
-    return blocks.IdentityAttention(cfg).apply({"params": layer_params}, x, ctx, jnp.ones((2,)))
+    return blocks.IdentityAttention(cfg.num_heads, "xla").apply({"params": layer_params}, x, ctx, jnp.ones((2,)))
 
   update = jax.jit(update)
   y0 = np.asarray(update(identity_in))
@@ -244,7 +251,7 @@ def test_layout_map_is_zero_without_a_usable_layout():
 
 def test_train_masks_are_the_sampling_masks():
   """The trainer's jnp masks from boxes equal the sampler's NumPy masks."""
-  from idjax.sampling import layout
+  from idjax import layout
   boxes = np.array([[[0.1, 0.2, 0.6, 0.7], [0.3, 0.35, 0.9, 0.8], [0, 0, 0, 0]]], np.float32)
   np.testing.assert_allclose(np.asarray(layout.face_masks(boxes, 32, 32, xp=jnp)),
                              layout.face_masks(boxes, 32, 32), atol=1e-6)

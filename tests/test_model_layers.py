@@ -1,5 +1,6 @@
 """Triple-attention layers, RoPE, masking and the DiT's structural promises."""
 
+import dataclasses
 import functools
 
 import chex
@@ -30,7 +31,7 @@ def _apply_layer(module, x, seed=3, scale=0.1):
 def test_spatial_attention_never_mixes_frames():
   cfg = tiny_model_config()
   x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
-  f = _apply_layer(blocks.SpatialAttention(cfg, (4, 4)), x)
+  f = _apply_layer(blocks.SpatialAttention((4, 4), cfg.num_heads, "xla"), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), 2)))
   changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3))
   # The perturbed frame moves by more than its own residual: attention saw it.
@@ -42,7 +43,7 @@ def test_spatial_attention_never_mixes_frames():
 def test_temporal_attention_never_mixes_locations():
   cfg = tiny_model_config()
   x = jax.random.normal(jax.random.key(0), (2, 4, 16, 32))
-  f = _apply_layer(blocks.TemporalAttention(cfg), x)
+  f = _apply_layer(blocks.TemporalAttention(cfg.num_heads, cfg.temporal_causal, "xla"), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), slice(None), 5)))
   changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 1, 3))
   assert changed[5] > 1e-3
@@ -55,7 +56,7 @@ def test_temporal_attention_never_mixes_locations():
 def test_causal_temporal_attention_ignores_later_frames():
   cfg = tiny_model_config(temporal_causal=True)
   x = jax.random.normal(jax.random.key(0), (2, 5, 16, 32))
-  f = _apply_layer(blocks.TemporalAttention(cfg), x)
+  f = _apply_layer(blocks.TemporalAttention(cfg.num_heads, cfg.temporal_causal, "xla"), x)
   y0, y1 = f(x), f(_bump(x, (slice(None), 3)))
   changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3))
   np.testing.assert_array_equal(changed[:3], 0.0)
@@ -117,9 +118,10 @@ def test_no_text_does_not_depend_on_text_encoder():
 
 def test_precomputed_text_embeddings_match_tokens():
   model, apply, params, (x, t, tokens, identity, s) = model_setup()
-  cfg = model.config
-  emb, _ = jax.jit(models.text.TextEncoder(cfg).apply)({"params": params["text"]}, tokens)
-  chex.assert_shape(emb, (2, cfg.text_len, cfg.text_width))
+  encoder = models.text.TextEncoder(model.text_vocab_size, model.text_width, model.text_layers,
+                                    model.num_heads, model.mlp_ratio, "xla")
+  emb, _ = jax.jit(encoder.apply)({"params": params["text"]}, tokens)
+  chex.assert_shape(emb, (2, tokens.shape[1], model.text_width))
   y_tok = apply({"params": params}, x, t, tokens, identity, s)
   y_emb = jax.jit(functools.partial(model.apply, text_embeddings=emb))(
       {"params": params}, x, t, tokens, identity, s)
@@ -214,7 +216,7 @@ def test_unscanned_rematerialised_model_is_the_same_function():
   model, apply, params, args = model_setup()
   ref = apply({"params": params}, *args)
   other = models.build_model(tiny_model_config(scan_blocks=False, remat_policy="dots_saveable"))
-  y = jax.jit(other.apply)({"params": _unstack(params, model.config.depth)}, *args)
+  y = jax.jit(other.apply)({"params": _unstack(params, model.depth)}, *args)
   np.testing.assert_allclose(y, ref, atol=1e-5)
 
 
@@ -229,9 +231,29 @@ def test_remat_does_not_change_gradients(policy):
   chex.assert_trees_all_close(g, g_ref, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("field, value", [
+    ("remat_policy", "bogus"), ("identity_routing", "hrad"), ("reference_mode", "median"),
+    ("prediction", "noise"), ("attention_impl", "flash")])
+def test_a_model_built_with_a_bad_option_is_refused_at_construction(field, value):
+  # Configs are checked on load (test_config_rules.py); this is the Python API.
+  with pytest.raises(ValueError, match=f"{field} must be one of .*{value}"):
+    models.build_model(tiny_model_config(**{field: value}))
+
+
+def test_build_model_maps_every_field_from_its_config_key():
+  cfg = tiny_model_config(patch_size=[1, 2, 2], prediction="clean")   # JSON gives lists
+  model = models.build_model(cfg)
+  fields = [f.name for f in dataclasses.fields(dit.VideoDiT) if f.name not in ("parent", "name")]
+  for name in fields:
+    assert getattr(model, name) == (tuple(cfg[name]) if name == "patch_size" else cfg[name])
+  del cfg.prediction
+  with pytest.raises(AttributeError, match="prediction"):
+    models.build_model(cfg)      # no hidden default
+
+
 def test_bad_config_values_are_clear_errors():
   with pytest.raises(ValueError, match="remat_policy"):
-    dit.block_class(tiny_model_config(remat_policy="bogus"))
+    dit.block_class("bogus", True)
   with pytest.raises(ValueError, match="attention_impl"):
     attention.resolve_implementation("flash")
   cfg = tiny_model_config()
@@ -253,3 +275,20 @@ def test_clean_prediction_velocity_gives_back_the_clean_estimate():
   np.testing.assert_allclose(x0_hat[:2], out[:2], rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(v[2], (x[2] - out[2]) / MIN_T, rtol=1e-6)
   np.testing.assert_array_equal(output_to_velocity(out, x, t, "velocity"), out)
+
+
+def test_no_model_module_takes_a_config_dict():
+  """Modules declare what they read as typed fields (build_model maps the config)."""
+  import inspect
+  import ml_collections
+  from idjax.models import identity, text
+  classes = [c for mod in (attention, blocks, dit, identity, text)
+             for _, c in inspect.getmembers(mod, inspect.isclass)
+             if issubclass(c, nn.Module) and c.__module__ == mod.__name__]
+  assert len(classes) >= 10
+  for cls in classes:
+    for field in dataclasses.fields(cls):
+      if field.name in ("parent", "name"):
+        continue
+      assert field.type not in (ml_collections.ConfigDict, "ml_collections.ConfigDict"), (cls, field)
+      assert field.name != "config", cls

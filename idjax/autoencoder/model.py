@@ -87,8 +87,8 @@ class ResBlock(nn.Module):
   > 1) a causal temporal sublayer [GN]-SiLU-temporal conv plus its input. The
   last conv of each branch starts at zero, so a block starts as the identity."""
   features: int
-  temporal_kernel: int = 1
-  groups: int = 0
+  temporal_kernel: int
+  groups: int
 
   @nn.compact
   def __call__(self, x):  # [B, T, H, W, F] -> same
@@ -121,12 +121,12 @@ class Encoder(nn.Module):
     groups: GroupNorm groups (reduced to a divisor of each width); 0: no
       normalisation.
   """
-  widths: Sequence[int] = (32, 64)
-  blocks: Sequence[int] = (1, 2)
-  latent_channels: int = 8
-  patch: int = 2
-  temporal_kernel: int = 1
-  groups: int = 0
+  widths: Sequence[int]
+  blocks: Sequence[int]
+  latent_channels: int
+  patch: int
+  temporal_kernel: int
+  groups: int
 
   @nn.compact
   def __call__(self, frames):
@@ -148,11 +148,11 @@ class Decoder(nn.Module):
 
   Attributes as in `Encoder`; `blocks[i]` residual blocks run at level i.
   """
-  widths: Sequence[int] = (32, 64)
-  blocks: Sequence[int] = (1, 2)
-  patch: int = 2
-  temporal_kernel: int = 1
-  groups: int = 0
+  widths: Sequence[int]
+  blocks: Sequence[int]
+  patch: int
+  temporal_kernel: int
+  groups: int
 
   @nn.compact
   def __call__(self, latents):
@@ -177,13 +177,13 @@ class Autoencoder(nn.Module):
     widths, encoder_blocks, decoder_blocks, latent_channels, patch,
     temporal_kernel, groups: see `Encoder` / `Decoder`.
   """
-  widths: Sequence[int] = (32, 64)
-  encoder_blocks: Sequence[int] = (1, 2)
-  decoder_blocks: Sequence[int] = (1, 2)
-  latent_channels: int = 8
-  patch: int = 2
-  temporal_kernel: int = 1
-  groups: int = 0
+  widths: Sequence[int]
+  encoder_blocks: Sequence[int]
+  decoder_blocks: Sequence[int]
+  latent_channels: int
+  patch: int
+  temporal_kernel: int
+  groups: int
 
   def setup(self):
     self.encoder = Encoder(self.widths, self.encoder_blocks, self.latent_channels,
@@ -222,7 +222,7 @@ class PatchDiscriminator(nn.Module):
   overlapping ~18-pixel patch. Used only in training: an adversarial term is
   what makes the decoder draw edges as sharp as the renders' rather than the
   blur that a pixel loss settles for within a few thousand steps."""
-  widths: Sequence[int] = (32, 64)
+  widths: Sequence[int]  # config.train.disc_widths
 
   @nn.compact
   def __call__(self, frames):

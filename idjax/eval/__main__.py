@@ -9,6 +9,12 @@ trained once into --probe-workdir (default `probe/` beside the evaluation
 encoder's workdir), and prints issue 10's done-when checks. Optional:
 --strengths 0,0.4,0.8,1 adds an identity_strength sweep, --reference-counts
 1,3 a 1-vs-K references ablation.
+
+Beside the JSON it writes PNG plots (`plots.py`), named after --out:
+<stem>_over_time.png (FaceSim per frame, every variant), <stem>_variants.png
+(FaceSim per variant between floor and ceiling) and, with --strengths,
+<stem>_strength.png (FaceSim and diversity against identity_strength).
+--no-plots skips them.
 """
 
 import argparse
@@ -46,7 +52,8 @@ def parse_args(argv):
   p.add_argument("--probe-workdir", default=None,
                  help="attribute probe cache (default: probe/ beside the eval encoder workdir; "
                       "trained there, about a minute, if absent)")
-  p.add_argument("--overwrite", action="store_true")
+  p.add_argument("--no-plots", action="store_true", help="write no PNG plots beside --out")
+  p.add_argument("--overwrite", action="store_true", help="replace an existing --out and plots")
   p.add_argument("--no-progress", action="store_true")
   args = p.parse_args(argv)
   config_rules.check_seed(args.seed)
@@ -83,18 +90,27 @@ def build_variants(args, num_references):
   return variants
 
 
+def plot_targets(out, strengths: bool) -> dict:
+  """kind -> PNG path beside the JSON `out` (`<stem>_<kind>.png`, the stem
+  without ".json"); "strength" only for an identity_strength sweep."""
+  stem = out[: -len(".json")] if out.endswith(".json") else out
+  kinds = ("strength", "over_time", "variants") if strengths else ("over_time", "variants")
+  return {k: f"{stem}_{k}.png" for k in kinds}
+
+
 @configlib.exit_on_usage_error
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   out = args.out or os.path.join(args.workdir, "eval.json")
-  paths.check_files([out], "--out", args.overwrite)
+  plot_paths = {} if args.no_plots else plot_targets(out, bool(args.strengths))
+  paths.check_files([out, *plot_paths.values()], "--out", args.overwrite)
   # Heavy imports after the argument checks: usage errors come back at once.
-  from idjax.eval import benchmark
+  from idjax.eval import benchmark, plots
   from idjax.eval import probe as probe_lib
   from idjax.face.frozen import FrozenFaceEncoder
   from idjax.sampling import memory
   from idjax.sampling.generator import Generator, resolve_path
-  from idjax.sampling.video_io import write_json
+  from idjax.video_io import write_json
   try:
     generator = Generator.from_workdir(args.workdir)
     eval_dir = resolve_path(generator.config.eval_encoder_workdir, args.workdir)
@@ -116,6 +132,10 @@ def main(argv=None):
   print(benchmark.format_table(result))
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json(out, json.dumps(result, indent=2, sort_keys=False))
+  # The JSON before the plots, so a plot that fails loses no evaluation; its
+  # line stays the last one printed.
+  for path in plots.write(result, plot_paths):
+    print(f"wrote {path}")
   print(f"wrote {out}")
 
 

@@ -119,6 +119,8 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
     "floor" (identified: the fraction of clips a face-recognition system
     names correctly among the N identities; for "floor" it is how often
     someone else is taken for the person); per_identity: lists of FaceSim;
+    face_sim_per_frame: {row name: [T] FaceSim of frame t, mean over the
+    identities} (in the order of rows);
     position / position_32: {variant: (FaceSim - floor) / (ceiling - floor)}
     at the clip's resolution / at 32x32; realism (see `_realism`);
     done_when (see `done_when`); identities, prompts, timings).
@@ -160,10 +162,12 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
 
   ref_embs = [scorer.embed_references(r) for r in refs]
   ref_means = np.stack([metrics.reference_mean(e) for e in ref_embs])
-  per_identity = {}
+  per_identity, per_frame = {}, {}
   for name, pairs in scored.items():
     rows_i, embs = zip(*[_score(scorer, frames, b, ref_embs[i])
                          for i, (frames, b) in enumerate(pairs)])
+    per_frame[name] = np.mean([metrics.face_sim(e, r) for e, r in zip(embs, ref_embs)],
+                              axis=0).tolist()
     for row, hit in zip(rows_i, metrics.identification(np.stack(embs), ref_means)):
       row["identified"] = float(hit)
     for row, (frames, b), ref_emb in zip(rows_i, pairs, ref_embs):
@@ -182,6 +186,7 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   result = dict(
       rows=rows, position=positions("face_sim"), position_32=positions("face_sim_32"),
       per_identity={k: [r["face_sim"] for r in v] for k, v in per_identity.items()},
+      face_sim_per_frame={name: per_frame[name] for name in rows},
       realism=_realism(scorer, probe, *_real_sets(cfg, seed, ids[:n], len(ids)),
                        {name: (np.stack([f for f, _ in scored[name]]), np.stack(boxes))
                         for name in variants}, ids[:n]),

@@ -32,7 +32,7 @@ from idjax import rng
 from idjax.data import world
 from idjax.eval import realism
 from idjax.face.crop import crop_and_resize
-from idjax.face.train import context_boxes, jittered_boxes
+from idjax.face.boxes import context_boxes, jittered_boxes
 
 CONFIG_FILE = "probe.json"
 PARAMS_FILE = "params.npz"

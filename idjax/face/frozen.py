@@ -15,20 +15,21 @@ import numpy as np
 from idjax import restore
 from idjax.face.crop import crop_and_resize
 from idjax.face.encoder import encoder_from_config
-from idjax.face.iresnet import WIDTHS, IResNet
+from idjax.face.iresnet import IResNet
 
 CONFIG_FILE = restore.CONFIG_FILE
 PARAMS_DIR = restore.PARAMS_DIR
 
 
 def build_encoder(config):
-  """The Flax module a face-encoder config describes."""
-  architecture = config.get("architecture", "resnet")
+  """The Flax module a face-encoder config describes (`architecture` picks
+  the family; configs/face_encoder.py and iresnet.iresnet_config set it)."""
+  architecture = config.architecture
   if architecture == "resnet":
     return encoder_from_config(config)
   if architecture == "iresnet":
-    return IResNet(depth=config.depth, embed_dim=config.embed_dim,
-                   widths=tuple(config.get("widths", WIDTHS)))
+    return IResNet(depth=config.depth, embed_dim=config.embed_dim, widths=tuple(config.widths))
+  # A saved config.json is not run through config_rules: this is its check.
   raise ValueError(f"Unknown face-encoder architecture {architecture!r}; "
                    "expected 'resnet' or 'iresnet'.")
 

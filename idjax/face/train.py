@@ -1,9 +1,15 @@
 """Trains a face encoder with ArcFace on the synthetic world's identities.
 
 Reads top to bottom: render and cache face crops of a fixed pool of training
-identities -> init -> a short pure train step (crop the jittered boxes,
-ArcFace loss, AdamW; batch indices and jitter are drawn on the host from
-(seed, step)) -> loop -> save -> verification on held-out identities.
+identities -> mesh -> sharded init -> a short pure train step (crop the
+jittered boxes, ArcFace loss, the guarded AdamW update of `idjax.train.state`)
+-> the training loop the video model uses (`idjax.train.loop`: checkpoints
+and resume, the metrics writer, the progress bar) -> save -> verification on
+held-out identities.
+
+Every batch is a function of (seed, step) alone: its examples and box jitter
+are drawn on the host from them, so a resumed run sees the batches an
+uninterrupted one would, and ends bit-identical to it.
 
 The encoder must recognise faces both as frame crops (what the identity loss
 and the metrics see) and as reference portraits (what conditioning sees), at
@@ -14,27 +20,25 @@ import json
 import os
 import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import tqdm
 
-from idjax import rng
+from idjax import configlib, rng, sharding
+from idjax.data import world
 from idjax.face import arcface
+from idjax.face.boxes import context_boxes, jittered_boxes
 from idjax.face.crop import crop_and_resize
 from idjax.face.encoder import encoder_from_config
 from idjax.face.frozen import FrozenFaceEncoder, save_face_encoder
 from idjax.face.verification import run_verification
+from idjax.train import loop
+from idjax.train.state import apply_gradients, create_state, make_optimizer
 
-
-def context_boxes(boxes, context: float):
-  """Boxes [..., 4] grown about their centres by the factor `context`."""
-  boxes = np.asarray(boxes, np.float32)
-  centre = (boxes[..., :2] + boxes[..., 2:]) / 2
-  half = (boxes[..., 2:] - boxes[..., :2]) / 2 * context
-  return np.concatenate([centre - half, centre + half], axis=-1)
+# The loop settings the face-encoder configs leave out (they set steps and
+# log_every); a config that sets one of these keys overrides it.
+LOOP_DEFAULTS = dict(checkpoint_every=200, keep_checkpoints=2, max_nonfinite_steps=5,
+                     heartbeat_timeout_s=100)
 
 
 def build_training_set(config):
@@ -45,8 +49,6 @@ def build_training_set(config):
       (P = round(input_size * context)), so jittered boxes stay inside;
     labels int32 [M] in [0, num_train_identities).
   """
-  from idjax.data import world  # heavy NumPy renderer, only needed here
-
   size = int(round(config.input_size * config.context))
   ids = world.split_identities("train", config.num_train_identities,
                                config.get("identity_start", 0))
@@ -85,82 +87,101 @@ def _crop_in_chunks(pictures, boxes, size, chunk=1024):
   return np.concatenate(out)
 
 
-def jittered_boxes(generator: np.random.Generator, batch: int, context: float,
-                   jitter: float) -> np.ndarray:
-  """Face boxes inside context crops: float32 [batch, 4], shifted and scaled
-  by up to `jitter` of the box side."""
-  side = 1.0 / context
-  centre = 0.5 + generator.uniform(-jitter, jitter, (batch, 2)) * side
-  half = side / 2 * (1.0 + generator.uniform(-jitter, jitter, (batch, 1)))
-  return np.concatenate([centre - half, centre + half], -1).astype(np.float32)
+class Batches:
+  """Batch `step` of the cached training set: `batch_size` examples drawn
+  with replacement, and their jittered face boxes, from (seed, step); laid
+  out over the mesh's batch axis (dict of images uint8 [B, P, P, 3], boxes
+  float32 [B, 4], labels int32 [B])."""
+
+  def __init__(self, config, images, labels, mesh):
+    self.config, self.images, self.labels, self.mesh = config, images, labels, mesh
+
+  def host_batch_at(self, step):
+    c = self.config
+    generator = np.random.default_rng([c.seed, step, rng.purpose_id("face_batch")])
+    index = generator.integers(0, len(self.labels), c.batch_size)
+    boxes = jittered_boxes(generator, c.batch_size, c.context, c.box_jitter)
+    return dict(images=self.images[index], boxes=boxes, labels=self.labels[index])
+
+  def batch_at(self, step):
+    return loop.put_batch(self.host_batch_at(step), self.mesh)
 
 
-def make_optimizer(config):
-  schedule = optax.warmup_cosine_decay_schedule(
-      0.0, config.lr, config.warmup_steps, max(config.steps, config.warmup_steps + 1))
-  return optax.adamw(schedule, weight_decay=config.weight_decay)
+def make_train_step(config, encoder, head, tx, schedule):
+  """train_step(state, batch) -> (state, metrics): crops at the jittered
+  boxes, ArcFace loss, guarded update."""
+
+  def loss_fn(params, crops, labels):
+    emb, _ = encoder.apply({"params": params["encoder"]}, crops)
+    cosines = head.apply({"params": params["head"]}, emb)
+    return arcface.arcface_loss(cosines, labels, config.margin, config.scale)
+
+  def train_step(state, batch):
+    crops = crop_and_resize(batch["images"], batch["boxes"], config.input_size) / 127.5 - 1.0
+    loss, grads = jax.value_and_grad(loss_fn)(state.params, crops, batch["labels"])
+    new_state, metrics = apply_gradients(state, tx, grads, loss)
+    return new_state, dict(metrics, loss=loss, lr=schedule(state.step))
+
+  return train_step
 
 
-def init_params(config, num_classes: int):
-  encoder = encoder_from_config(config)
-  head = arcface.ArcFaceHead(num_classes)
-  crops = jnp.zeros((1, config.input_size, config.input_size, 3))
-  # Compiling partitionable-threefry draws takes ~17 s per op on CPU (jax
-  # 0.10) against < 1 s without; this init runs on one device, where the
-  # flag changes nothing that matters.
-  with jax.threefry_partitionable(False):
-    key = rng.derive(config.seed, 0, "face_init")
-    enc_params = jax.jit(encoder.init)(jax.random.fold_in(key, 0), crops)
-    head_params = jax.jit(head.init)(jax.random.fold_in(key, 1),
-                                     jnp.zeros((1, config.embed_dim)))
-  return encoder, head, {"encoder": nn.unbox(enc_params)["params"],
-                         "head": nn.unbox(head_params)["params"]}
-
-
-def fit(config, images, labels, show_progress: bool = True):
-  """Trains encoder + ArcFace head on cached images.
+def fit(config, images, labels, workdir, *, mesh=None, stop_at=None, progress=True,
+        profile_steps=None):
+  """Trains encoder + ArcFace head on cached images in `workdir` (resuming
+  from its newest checkpoint, if any).
 
   Args:
     config: a face-encoder config.
     images: uint8 [M, P, P, 3] context crops (see `build_training_set`).
     labels: int32 [M] class labels in [0, max(labels)].
+    workdir: checkpoints/, metrics.jsonl and events/ go here.
+    mesh: default every device on the `data` axis (the encoder is small:
+      params replicated, the batch split).
+    stop_at, progress, profile_steps: as `idjax.train.loop.run`.
 
   Returns:
-    (encoder params, list of (step, loss) logged every `log_every` steps).
+    (encoder params on the host, or None when stopped before config.steps;
+    the loop's last metrics, with `step`).
   """
-  encoder, head, params = init_params(config, int(labels.max()) + 1)
-  optimizer = make_optimizer(config)
-  opt_state = optimizer.init(params)
-  images, labels = jnp.asarray(images), jnp.asarray(labels)
+  mesh = mesh if mesh is not None else sharding.make_mesh()
+  rules = sharding.DEFAULT_RULES
+  ways = sharding.batch_axis_size(mesh, rules)
+  if config.batch_size % ways:
+    raise configlib.UsageError(
+        f"batch_size={config.batch_size} must divide by the {ways} batch shards of the mesh.")
+  encoder = encoder_from_config(config)
+  head = arcface.ArcFaceHead(int(labels.max()) + 1)
+  tx, schedule = make_optimizer(config)
+  key = rng.derive(config.seed, 0, "face_init")
+  size = config.input_size
 
-  def loss_fn(params, crops, batch_labels):
-    emb, _ = encoder.apply({"params": params["encoder"]}, crops)
-    cosines = head.apply({"params": params["head"]}, emb)
-    return arcface.arcface_loss(cosines, batch_labels, config.margin, config.scale)
+  def init_boxed():
+    params = dict(
+        encoder=encoder.init(jax.random.fold_in(key, 0), jnp.zeros((1, size, size, 3)))["params"],
+        head=head.init(jax.random.fold_in(key, 1), jnp.zeros((1, config.embed_dim)))["params"])
+    return create_state(params, tx, config.seed, ema=False)
 
-  @jax.jit
-  def train_step(params, opt_state, images, labels, index, boxes):
-    crops = crop_and_resize(images[index], boxes, config.input_size) / 127.5 - 1.0
-    loss, grads = jax.value_and_grad(loss_fn)(params, crops, labels[index])
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  init, abstract, shardings = loop.sharded_init(init_boxed, mesh, rules)
+  if jax.process_index() == 0:
+    print(f"Face encoder parameters:\n{loop.param_table(abstract.params)}", flush=True)
+  batches = Batches(config, images, labels, mesh)
+  batch_shardings = jax.tree.map(lambda x: sharding.batch_sharding(mesh, x.ndim, rules),
+                                 batches.host_batch_at(0))
+  step = jax.jit(make_train_step(config, encoder, head, tx, schedule),
+                 in_shardings=(shardings, batch_shardings),
+                 out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
 
-  history = []
-  steps = tqdm.trange(config.steps, desc="face encoder", mininterval=5,
-                      disable=not show_progress)
-  for step in steps:
-    # Host-side draws keyed by (seed, step): the step needs no RNG compile.
-    generator = np.random.default_rng(
-        [config.seed, step, rng.purpose_id("face_batch")])
-    index = generator.integers(0, len(labels), config.batch_size)
-    boxes = jittered_boxes(generator, config.batch_size, config.context,
-                           config.box_jitter)
-    params, opt_state, loss = train_step(params, opt_state, images, labels,
-                                         index, boxes)
-    if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
-      history.append((step + 1, float(loss)))
-      steps.set_postfix(loss=f"{float(loss):.3f}")
-  return params["encoder"], history
+  def run_step(state, batch):
+    with sharding.activation_sharding(mesh, rules):
+      return step(state, batch)
+
+  state, metrics = loop.run(
+      config, workdir, init=init, abstract_state=abstract, step_fn=run_step, batches=batches,
+      settings=loop.Settings.from_config(config, **LOOP_DEFAULTS), stop_at=stop_at,
+      progress=progress, desc="face encoder", profile_steps=profile_steps)
+  if metrics["step"] < config.steps:
+    return None, metrics
+  return jax.tree.map(loop.host_value, state.params["encoder"]), metrics
 
 
 def verify(encoder: FrozenFaceEncoder, config) -> dict:
@@ -176,12 +197,15 @@ def verify(encoder: FrozenFaceEncoder, config) -> dict:
       for resolution in config.verification.resolutions}
 
 
-def train_face_encoder(config, workdir) -> dict:
-  """Renders data, trains, saves to `workdir`, verifies; returns metrics.
+def train_face_encoder(config, workdir, *, stop_at=None, progress=True,
+                       profile_steps=None) -> dict:
+  """Renders data, trains (or resumes), saves to `workdir`, verifies; returns metrics.
 
-  Metrics: final_loss, render_seconds, train_seconds, and per verification
-  resolution r: heldout_accuracy_r, heldout_auc_r (also in
-  WORKDIR/verification.json with the fitted thresholds).
+  Metrics: step, final_loss, render_seconds, train_seconds, and per
+  verification resolution r: heldout_accuracy_r, heldout_auc_r (also in
+  WORKDIR/verification.json with the fitted thresholds). A run stopped before
+  config.steps (`stop_at`, SIGTERM) leaves its checkpoint and returns only
+  `step` and the loop's metrics; running again resumes it.
   """
   done = os.path.join(workdir, "verification.json")
   if os.path.exists(done):
@@ -202,20 +226,27 @@ def train_face_encoder(config, workdir) -> dict:
         f"{render_seconds:.1f}s", flush=True)
 
   start = time.perf_counter()
-  params, history = fit(config, images, labels)
+  params, trained = fit(config, images, labels, workdir, stop_at=stop_at, progress=progress,
+                        profile_steps=profile_steps)
   train_seconds = time.perf_counter() - start
-  for step, loss in history:
-    print(f"face encoder step {step}: arcface loss {loss:.4f}", flush=True)
+  if params is None:
+    print(f"face encoder stopped at step {trained['step']} of {config.steps}; run again to "
+          "resume.", flush=True)
+    return trained
   save_face_encoder(workdir, config, params)
 
   start = time.perf_counter()
   results = verify(FrozenFaceEncoder(config, params), config)
   verify_seconds = time.perf_counter() - start
-  with open(os.path.join(workdir, "verification.json"), "w") as f:
+  with open(done, "w") as f:
     json.dump({str(r): v for r, v in results.items()}, f, indent=2)
 
-  metrics = dict(final_loss=history[-1][1], render_seconds=render_seconds,
+  metrics = dict(step=trained["step"], render_seconds=render_seconds,
                  train_seconds=train_seconds, verify_seconds=verify_seconds)
+  if "loss" in trained:  # absent when a finished run only resumed to save and verify
+    metrics["final_loss"] = trained["loss"]
+  print(f"face encoder trained to step {trained['step']} in {train_seconds:.1f}s"
+        + (f" (arcface loss {trained['loss']:.4f})" if "loss" in trained else ""), flush=True)
   for resolution, result in results.items():
     metrics[f"heldout_accuracy_{resolution}"] = result["accuracy"]
     metrics[f"heldout_auc_{resolution}"] = result["auc"]

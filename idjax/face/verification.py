@@ -9,6 +9,7 @@ import dataclasses
 
 import numpy as np
 
+from idjax.data import world
 from idjax.face.crop import crop_and_resize
 
 
@@ -98,8 +99,6 @@ def make_pairs(split: str, num_identities: int, resolution: int,
   the next identity (a cyclic shift, so never itself) a "different" pair:
   2 * num_identities pairs, exactly balanced.
   """
-  from idjax.data import world  # the world is only needed to make pairs
-
   cfg = world.WorldConfig(resolution=resolution, num_frames=1,
                           max_characters=1, min_characters=1, num_references=1,
                           reference_resolution=min(resolution, 32))

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from idjax.models import rope
 
+IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 def resolve_implementation(name: str):
@@ -22,7 +23,7 @@ def resolve_implementation(name: str):
   "cudnn" only exists on GPUs; elsewhere (CPU tests, TPU pods, eval_shape of
   the base config on a laptop) it falls back to XLA so a config runs anywhere.
   """
-  if name not in ("xla", "cudnn"):
+  if name not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {name!r}.")
   if name == "cudnn" and jax.default_backend() != "gpu":
     return "xla"

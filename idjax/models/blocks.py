@@ -11,6 +11,11 @@ One block, on video tokens x [B, T, P, D] (T frames of P = h*w patches):
 
 The adaLN modulation is zero-initialised, so every gate starts at 0 and the
 block starts as the identity map (DiT's adaLN-Zero).
+
+Every module takes its settings as fields (VideoDiT passes them; see
+`idjax.models.build_model` for where they come from in a config).
+`implementation` is an attention implementation already resolved for this
+backend (`attention.resolve_implementation`).
 """
 
 from typing import Any
@@ -18,16 +23,9 @@ from typing import Any
 import einops
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from idjax.models import attention
 from idjax.models import rope
-
-
-
-def dtypes(config) -> tuple[Any, Any]:
-  """(compute dtype, param dtype) from the config's strings."""
-  return jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
 
 
 def layer_norm(name, *, affine=True, dtype=jnp.float32, param_dtype=jnp.float32):
@@ -72,24 +70,25 @@ class SpatialAttention(nn.Module):
   """x [B,T,P,D] -> x + gate * attention within each frame (2-axis RoPE on (h, w)).
 
   Frames never mix: with frames sharded this layer needs no communication.
-  shift, scale, gate: [B, D] adaLN-Zero modulation.
+  shift, scale, gate: [B, D] adaLN-Zero modulation. `grid` = (h, w) patches
+  per frame.
   """
-  config: ml_collections.ConfigDict
   grid: tuple[int, int]
+  num_heads: int
+  implementation: str
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, shift, scale, gate):
-    cfg = self.config
-    dtype, param_dtype = dtypes(cfg)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b = x.shape[0]
     x = nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
-    h = modulate(layer_norm("norm", affine=False, dtype=dtype, param_dtype=param_dtype)(x),
-                 shift, scale)
+    h = modulate(layer_norm("norm", affine=False, **kw)(x), shift, scale)
     h = einops.rearrange(h, "b t p d -> (b t) p d")
-    angles = rope.rope_angles(rope.grid_positions(*self.grid), x.shape[-1] // cfg.num_heads)
-    h = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
-                            implementation=attention.resolve_implementation(cfg.attention_impl),
-                            name="attn")(h, q_angles=angles, k_angles=angles)
+    angles = rope.rope_angles(rope.grid_positions(*self.grid), x.shape[-1] // self.num_heads)
+    h = attention.Attention(self.num_heads, implementation=self.implementation, name="attn",
+                            **kw)(h, q_angles=angles, k_angles=angles)
     return x + gate[:, None, None, :] * einops.rearrange(h, "(b t) p d -> b t p d", b=b)
 
 
@@ -98,24 +97,25 @@ class TemporalAttention(nn.Module):
 
   Locations never mix. The input is constrained to (batch, temporal_frames,
   temporal_patches, embed): the one resharding, moving `sequence` from frames
-  to patches. With config.temporal_causal, frame t sees only frames <= t.
+  to patches. With `temporal_causal`, frame t sees only frames <= t.
   """
-  config: ml_collections.ConfigDict
+  num_heads: int
+  temporal_causal: bool
+  implementation: str
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, shift, scale, gate):
-    cfg = self.config
-    dtype, param_dtype = dtypes(cfg)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     b, t = x.shape[:2]
     x = nn.with_logical_constraint(x, ("batch", "temporal_frames", "temporal_patches", "embed"))
-    h = modulate(layer_norm("norm", affine=False, dtype=dtype, param_dtype=param_dtype)(x),
-                 shift, scale)
+    h = modulate(layer_norm("norm", affine=False, **kw)(x), shift, scale)
     h = einops.rearrange(h, "b t p d -> (b p) t d")
-    angles = rope.rope_angles(rope.grid_positions(t), x.shape[-1] // cfg.num_heads)
-    h = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
-                            implementation=attention.resolve_implementation(cfg.attention_impl),
-                            name="attn")(h, q_angles=angles, k_angles=angles,
-                                         is_causal=cfg.temporal_causal)
+    angles = rope.rope_angles(rope.grid_positions(t), x.shape[-1] // self.num_heads)
+    h = attention.Attention(self.num_heads, implementation=self.implementation, name="attn",
+                            **kw)(h, q_angles=angles, k_angles=angles,
+                                  is_causal=self.temporal_causal)
     x = x + gate[:, None, None, :] * einops.rearrange(h, "(b p) t d -> b t p d", b=b)
     return nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
 
@@ -131,18 +131,18 @@ class IdentityAttention(nn.Module):
         outputs summed with weights = coverage (0 for invalid characters).
   The update is multiplied by strength [B], so strength 0 adds exactly 0.
   """
-  config: ml_collections.ConfigDict
+  num_heads: int
+  implementation: str
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, ident, strength):
-    cfg = self.config
-    dtype, param_dtype = dtypes(cfg)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
     t = x.shape[1]
-    h = einops.rearrange(layer_norm("norm", dtype=dtype, param_dtype=param_dtype)(x),
-                         "b t p d -> b (t p) d")
-    layer = attention.Attention(cfg.num_heads, dtype=dtype, param_dtype=param_dtype,
-                                implementation=attention.resolve_implementation(cfg.attention_impl),
-                                zero_init_out=True, name="attn")
+    h = einops.rearrange(layer_norm("norm", **kw)(x), "b t p d -> b (t p) d")
+    layer = attention.Attention(self.num_heads, implementation=self.implementation,
+                                zero_init_out=True, name="attn", **kw)
     if "bank" in ident:
       h = layer(h, ident["bank"], ident["bank_mask"][:, None, None, :])
     elif "allowed" in ident:
@@ -173,35 +173,45 @@ class DiTBlock(nn.Module):
                     [B, C]}   soft
     strength  [B] identity_strength (ignored when ident is None)
   """
-  config: ml_collections.ConfigDict
   grid: tuple[int, int]
+  num_heads: int
+  mlp_ratio: float
+  temporal_causal: bool
+  implementation: str
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, cond, text, text_mask, ident, strength):
-    cfg = self.config
-    dtype, param_dtype = dtypes(cfg)
-    kw = dict(dtype=dtype, param_dtype=param_dtype)
+    kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+    heads, impl = self.num_heads, self.implementation
     t = x.shape[1]
     mod = dense(9 * x.shape[-1], ("embed", None), zero_init=True, name="adaln", **kw)(
         nn.silu(cond))
+    # Batch-sharded, as x is: each device then computes its own examples at
+    # full width, on the shapes one device would use. Left to itself XLA may
+    # split this small product along the fsdp-sharded kernel instead, and
+    # other shapes (or partial sums) change the last bits, which sampling's
+    # bit-identical frames across meshes cannot afford.
+    mod = nn.with_logical_constraint(mod, ("batch", None))
     (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = jnp.split(mod, 9, axis=-1)
 
-    x = SpatialAttention(cfg, self.grid, name="spatial")(x, sh_s, sc_s, g_s)
-    x = TemporalAttention(cfg, name="temporal")(x, sh_t, sc_t, g_t)
+    x = SpatialAttention(self.grid, heads, impl, name="spatial", **kw)(x, sh_s, sc_s, g_s)
+    x = TemporalAttention(heads, self.temporal_causal, impl, name="temporal", **kw)(
+        x, sh_t, sc_t, g_t)
 
     # Text cross-attention (pre-LN, zero-init output).
     h = einops.rearrange(layer_norm("norm_text", **kw)(x), "b t p d -> b (t p) d")
-    h = attention.Attention(cfg.num_heads, implementation=attention.resolve_implementation(
-        cfg.attention_impl), zero_init_out=True, name="text", **kw)(
-            h, text, text_mask[:, None, None, :])
+    h = attention.Attention(heads, implementation=impl, zero_init_out=True, name="text", **kw)(
+        h, text, text_mask[:, None, None, :])
     x = x + einops.rearrange(h, "b (t p) d -> b t p d", t=t)
 
     # With ident None the identity branch does not exist; with strength 0 it
     # adds exactly 0.0, so the output is bitwise the same.
     if ident is not None:
-      x = x + IdentityAttention(cfg, name="identity")(x, ident, strength)
+      x = x + IdentityAttention(heads, impl, name="identity", **kw)(x, ident, strength)
 
     h = modulate(layer_norm("norm_mlp", affine=False, **kw)(x), sh_m, sc_m)
-    x = x + g_m[:, None, None, :] * Mlp(cfg.mlp_ratio, name="mlp", **kw)(h)
+    x = x + g_m[:, None, None, :] * Mlp(self.mlp_ratio, name="mlp", **kw)(h)
     x = nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
     return x, None

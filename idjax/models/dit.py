@@ -15,9 +15,9 @@ import einops
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from idjax.models import attention
 from idjax.models import blocks
 from idjax.models import identity as identity_lib
 from idjax.models import text as text_lib
@@ -42,17 +42,16 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
-def block_class(config):
-  """DiTBlock wrapped in nn.remat per config.remat_policy ("none" = no remat)."""
-  name = config.remat_policy
-  if name == "none":
+def block_class(remat_policy: str, scan_blocks: bool):
+  """DiTBlock wrapped in nn.remat per `remat_policy` ("none" = no remat)."""
+  if remat_policy == "none":
     return blocks.DiTBlock
-  if name not in REMAT_POLICIES:
+  if remat_policy not in REMAT_POLICIES:
     raise ValueError(f"remat_policy must be 'none' or one of {sorted(REMAT_POLICIES)}, "
-                     f"got {name!r}.")
+                     f"got {remat_policy!r}.")
   # prevent_cse only matters outside scan (scan already blocks CSE).
-  return nn.remat(blocks.DiTBlock, policy=REMAT_POLICIES[name],
-                  prevent_cse=not config.scan_blocks)
+  return nn.remat(blocks.DiTBlock, policy=REMAT_POLICIES[remat_policy],
+                  prevent_cse=not scan_blocks)
 
 
 def pool_masks(face_masks, patch_size):
@@ -101,6 +100,10 @@ def layout_map(identity, strength, shape):
   return jnp.sum(channels, axis=1)
 
 
+ROUTINGS = ("hard", "soft", "none")
+PREDICTIONS = ("velocity", "clean")
+
+
 def route_by_masks(face_masks, tokens, valid, routing, patch_size):
   """The routed identity context (see blocks.IdentityAttention).
 
@@ -115,8 +118,60 @@ def route_by_masks(face_masks, tokens, valid, routing, patch_size):
 
 
 class VideoDiT(nn.Module):
-  """The video velocity model (see module docstring). `config` = config.model."""
-  config: ml_collections.ConfigDict
+  """The video velocity model (see the module docstring).
+
+  Built from a config by `build_model`; the fields carry the names of the
+  config.model keys they come from (docs/architecture.md explains each).
+
+  Attributes:
+    patch_size: (frames, height, width) of a spacetime patch.
+    width, depth, num_heads, mlp_ratio: of the DiT blocks.
+    text_width, text_layers, text_vocab_size: of the text encoder.
+    num_identity_tokens, identity_layers, reference_mode: of the identity
+      encoder (tokens per character, resampler layers, "mean" or "joint").
+    max_characters, use_separator: of the character bank (unrouted identity).
+    identity_routing: "hard", "soft" or "none" (see route_by_masks).
+    temporal_causal: frame t attends only to frames <= t.
+    attention_impl: "xla" or "cudnn" (XLA where cuDNN is unavailable).
+    scan_blocks: one scanned block (params stacked on a "layers" axis) or
+      `depth` separate ones (block_0, block_1, ...).
+    remat_policy: "none" or a key of REMAT_POLICIES.
+    prediction: the network's output, "velocity" or the "clean" clip.
+    dtype, param_dtype: names of the compute and parameter dtypes.
+  """
+  patch_size: tuple[int, int, int]
+  width: int
+  depth: int
+  num_heads: int
+  mlp_ratio: float
+  text_width: int
+  text_layers: int
+  text_vocab_size: int
+  num_identity_tokens: int
+  identity_layers: int
+  reference_mode: str
+  max_characters: int
+  use_separator: bool
+  identity_routing: str
+  temporal_causal: bool
+  attention_impl: str
+  scan_blocks: bool
+  remat_policy: str
+  prediction: str
+  dtype: str
+  param_dtype: str
+
+  def __post_init__(self):
+    # Configs are checked when loaded (idjax/config_rules.py); this catches a
+    # model built by hand with a bad option, before anything is traced.
+    choices = dict(prediction=PREDICTIONS, identity_routing=ROUTINGS,
+                   reference_mode=identity_lib.REFERENCE_MODES,
+                   remat_policy=("none",) + tuple(REMAT_POLICIES),
+                   attention_impl=attention.IMPLEMENTATIONS)
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f"{field} must be one of {allowed}, got {getattr(self, field)!r}.")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x, t, text_tokens, identity=None, identity_strength=None, *,
@@ -138,14 +193,14 @@ class VideoDiT(nn.Module):
       float32 [B, T, H, W, C].
     """
     del deterministic
-    cfg = self.config
-    dtype, param_dtype = blocks.dtypes(cfg)
-    kw = dict(dtype=dtype, param_dtype=param_dtype)
-    pt, ph, pw = cfg.patch_size
+    dtype = jnp.dtype(self.dtype)
+    kw = dict(dtype=dtype, param_dtype=jnp.dtype(self.param_dtype))
+    impl = attention.resolve_implementation(self.attention_impl)
+    pt, ph, pw = self.patch_size
     b, frames, height, width, channels = x.shape
     if frames % pt or height % ph or width % pw:
       raise ValueError(f"Clip {frames}x{height}x{width} is not divisible by the patch size "
-                       f"{tuple(cfg.patch_size)}.")
+                       f"{tuple(self.patch_size)}.")
     grid = (height // ph, width // pw)
 
     # Identity strength (also gates the layout channels).
@@ -154,21 +209,27 @@ class VideoDiT(nn.Module):
       strength = (jnp.ones((b,), dtype) if identity_strength is None
                   else jnp.asarray(identity_strength, dtype).reshape(b))
 
-    # Timestep conditioning.
+    # Timestep conditioning. The per-example [B, D] vectors here and in the
+    # adaLN layers are constrained batch-sharded, as the tokens are (see
+    # blocks.DiTBlock for why).
     cond = timestep_embedding(t, 256).astype(dtype)
-    cond = blocks.dense(cfg.width, (None, "embed"), name="time_fc1", **kw)(cond)
-    cond = blocks.dense(cfg.width, ("mlp", "embed"), name="time_fc2", **kw)(nn.silu(cond))
+    cond = blocks.dense(self.width, (None, "embed"), name="time_fc1", **kw)(cond)
+    cond = nn.with_logical_constraint(cond, ("batch", "embed"))
+    cond = blocks.dense(self.width, ("mlp", "embed"), name="time_fc2", **kw)(nn.silu(cond))
+    cond = nn.with_logical_constraint(cond, ("batch", "embed"))
 
     # Patchify the clip together with its layout channels, and embed.
     x_in = jnp.concatenate([x.astype(jnp.float32), layout_map(identity, strength, x.shape)], -1)
     tokens = einops.rearrange(x_in.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
                               pt=pt, ph=ph, pw=pw)
-    h = blocks.dense(cfg.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
+    h = blocks.dense(self.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
     h = nn.with_logical_constraint(h, ("batch", "frames", "patches", "embed"))
 
     # Text.
     if text_embeddings is None:
-      text, text_mask = text_lib.TextEncoder(cfg, name="text")(text_tokens)
+      text, text_mask = text_lib.TextEncoder(
+          self.text_vocab_size, self.text_width, self.text_layers, self.num_heads,
+          self.mlp_ratio, impl, name="text", **kw)(text_tokens)
     else:
       text = text_embeddings.astype(dtype)
       text_mask = (text_tokens != 0 if text_tokens is not None
@@ -177,41 +238,44 @@ class VideoDiT(nn.Module):
     # Identity.
     ident = None
     if identity is not None:
-      id_tokens, valid = identity_lib.IdentityEncoder(cfg, name="identity")(identity)
+      id_tokens, valid = identity_lib.IdentityEncoder(
+          self.width, self.num_identity_tokens, self.identity_layers, self.num_heads,
+          self.mlp_ratio, self.reference_mode, impl, name="identity", **kw)(identity)
       ident = self._route(identity, id_tokens, valid, kw)
 
     # Blocks.
-    block_cls = block_class(cfg)
-    if cfg.scan_blocks:
+    block_cls = block_class(self.remat_policy, self.scan_blocks)
+    block_fields = dict(grid=grid, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                        temporal_causal=self.temporal_causal, implementation=impl, **kw)
+    if self.scan_blocks:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-                      in_axes=(nn.broadcast,) * 5, length=cfg.depth,
+                      in_axes=(nn.broadcast,) * 5, length=self.depth,
                       metadata_params={nn.PARTITION_NAME: "layers"})
-      h, _ = stack(cfg, grid, name="blocks")(h, cond, text, text_mask, ident, strength)
+      h, _ = stack(name="blocks", **block_fields)(h, cond, text, text_mask, ident, strength)
     else:
-      for i in range(cfg.depth):
-        h, _ = block_cls(cfg, grid, name=f"block_{i}")(h, cond, text, text_mask, ident, strength)
+      for i in range(self.depth):
+        h, _ = block_cls(name=f"block_{i}", **block_fields)(
+            h, cond, text, text_mask, ident, strength)
 
     # Final adaLN and zero-init projection back to patches.
-    shift, scale = jnp.split(blocks.dense(2 * cfg.width, ("embed", None), zero_init=True,
-                                          name="final_adaln", **kw)(nn.silu(cond)), 2, axis=-1)
+    mod = blocks.dense(2 * self.width, ("embed", None), zero_init=True, name="final_adaln",
+                       **kw)(nn.silu(cond))
+    shift, scale = jnp.split(nn.with_logical_constraint(mod, ("batch", None)), 2, axis=-1)
     h = blocks.modulate(blocks.layer_norm("norm_out", affine=False, **kw)(h), shift, scale)
     out = blocks.dense(pt * ph * pw * channels, ("embed", "conv_out"), zero_init=True,
                        name="unpatchify", **kw)(h)
     out = einops.rearrange(out, "b t (h w) (pt ph pw c) -> b (t pt) (h ph) (w pw) c",
                            h=grid[0], pt=pt, ph=ph, pw=pw).astype(jnp.float32)
-    return output_to_velocity(out, x, t, cfg.get("prediction", "velocity"))
+    return output_to_velocity(out, x, t, self.prediction)
 
   def _route(self, identity, tokens, valid, kw):
     """The identity context for the blocks (see DiTBlock's docstring)."""
-    cfg = self.config
-    routing = cfg.identity_routing
-    if routing not in ("hard", "soft", "none"):
-      raise ValueError(f"identity_routing must be 'hard', 'soft' or 'none', got {routing!r}.")
-    if identity.face_masks is None or routing == "none":
-      bank, mask = identity_lib.CharacterBank(cfg.max_characters, cfg.use_separator,
+    if identity.face_masks is None or self.identity_routing == "none":
+      bank, mask = identity_lib.CharacterBank(self.max_characters, self.use_separator,
                                               name="character_bank", **kw)(tokens, valid)
       return {"bank": bank, "bank_mask": mask}
-    return route_by_masks(identity.face_masks, tokens, valid, routing, cfg.patch_size)
+    return route_by_masks(identity.face_masks, tokens, valid, self.identity_routing,
+                          self.patch_size)
 
 
 # Smallest t the clean-prediction conversion divides by (as in JiT, Li & He
@@ -237,7 +301,37 @@ def output_to_velocity(out, x, t, prediction: str):
 
 
 def build_model(model_config) -> VideoDiT:
-  return VideoDiT(model_config)
+  """The VideoDiT that a config's `model` section describes.
+
+  The one place where config keys become module fields: every field is read
+  from the key of its name, and none has a default here or in the module
+  (configs/tiny.py sets them all; docs/architecture.md lists them). The
+  section's other keys are read elsewhere: `space` by the trainer and the
+  sampler, `channels` and `text_len` for the inputs (`dummy_inputs`).
+  """
+  m = model_config
+  return VideoDiT(
+      patch_size=tuple(int(p) for p in m.patch_size),
+      width=m.width,
+      depth=m.depth,
+      num_heads=m.num_heads,
+      mlp_ratio=m.mlp_ratio,
+      text_width=m.text_width,
+      text_layers=m.text_layers,
+      text_vocab_size=m.text_vocab_size,
+      num_identity_tokens=m.num_identity_tokens,
+      identity_layers=m.identity_layers,
+      reference_mode=m.reference_mode,
+      max_characters=m.max_characters,
+      use_separator=m.use_separator,
+      identity_routing=m.identity_routing,
+      temporal_causal=m.temporal_causal,
+      attention_impl=m.attention_impl,
+      scan_blocks=m.scan_blocks,
+      remat_policy=m.remat_policy,
+      prediction=m.prediction,
+      dtype=m.dtype,
+      param_dtype=m.param_dtype)
 
 
 def count_params(params) -> int:

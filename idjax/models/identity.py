@@ -20,12 +20,13 @@ import einops
 import flax
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from idjax.models import attention
 from idjax.models import blocks
 
 Array = Any
+
+REFERENCE_MODES = ("mean", "joint")
 
 
 @flax.struct.dataclass
@@ -76,44 +77,66 @@ class IdentityEncoder(nn.Module):
   A character is valid when char_valid says so AND it has at least one valid
   reference. Tokens of invalid characters are whatever the resampler gives
   (zeros in "mean" mode); callers must mask them with `valid`.
+
+  Attributes:
+    width: D, the video model's width.
+    num_tokens: Q identity tokens per character.
+    layers, num_heads, mlp_ratio: of the resampler.
+    reference_mode: "mean" or "joint" (see the module docstring).
+    implementation: attention implementation (resolved for this backend).
   """
-  config: ml_collections.ConfigDict
+  width: int
+  num_tokens: int
+  layers: int
+  num_heads: int
+  mlp_ratio: float
+  reference_mode: str
+  implementation: str
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    # Configs are checked on load (idjax/config_rules.py); this catches a
+    # module built by hand, before any tracing.
+    if self.reference_mode not in REFERENCE_MODES:
+      raise ValueError(f"reference_mode must be one of {REFERENCE_MODES}, "
+                       f"got {self.reference_mode!r}.")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, inputs: IdentityInputs):
-    cfg = self.config
-    dtype, param_dtype = blocks.dtypes(cfg)
-    kw = dict(dtype=dtype, param_dtype=param_dtype)
-    width = cfg.width
+    dtype = self.dtype
+    kw = dict(dtype=dtype, param_dtype=self.param_dtype)
+    width = self.width
     b, c, k, n_cells, _ = inputs.ref_features.shape
 
+    # Batch-sharded outputs, as for the adaLN in blocks.DiTBlock.
     cells = blocks.dense(width, (None, "embed"), name="cell_proj", **kw)(
         inputs.ref_features.astype(dtype))
+    cells = nn.with_logical_constraint(cells, ("batch", "chars", "refs", None, "embed"))
     pooled = blocks.dense(width, (None, "embed"), name="embedding_proj", **kw)(
         inputs.ref_embeddings.astype(dtype))
+    pooled = nn.with_logical_constraint(pooled, ("batch", "chars", "refs", "embed"))
     keys = jnp.concatenate([cells, pooled[..., None, :]], axis=-2)      # [B,C,K,S,D]
     # Attention is blind to key order, so the slot (which cell, or the pooled
     # vector) is added as a learned embedding.
     slot = self.param("key_slot", nn.with_logical_partitioning(
-        nn.initializers.normal(0.02), (None, "embed")), (n_cells + 1, width), param_dtype)
+        nn.initializers.normal(0.02), (None, "embed")), (n_cells + 1, width), self.param_dtype)
     keys = keys + slot.astype(dtype)
 
-    resampler = Resampler(cfg.num_identity_tokens, cfg.identity_layers, cfg.num_heads,
-                          cfg.mlp_ratio, implementation=attention.resolve_implementation(
-                              cfg.attention_impl), name="resampler", **kw)
+    resampler = Resampler(self.num_tokens, self.layers, self.num_heads, self.mlp_ratio,
+                          implementation=self.implementation, name="resampler", **kw)
     ref_valid = inputs.ref_valid.astype(bool)
-    if cfg.reference_mode == "mean":
+    if self.reference_mode == "mean":
       tokens = resampler(einops.rearrange(keys, "b c k s d -> (b c k) s d"))
       tokens = einops.rearrange(tokens, "(b c k) q d -> b c k q d", b=b, c=c)
       w = ref_valid.astype(dtype)
       count = jnp.maximum(w.sum(-1), 1.0)
       tokens = jnp.einsum("bckqd,bck->bcqd", tokens, w) / count[..., None, None]
-    elif cfg.reference_mode == "joint":
+    else:  # "joint"
       key_mask = einops.repeat(ref_valid, "b c k -> (b c) (k s)", s=n_cells + 1)
       tokens = resampler(einops.rearrange(keys, "b c k s d -> (b c) (k s) d"), key_mask)
       tokens = einops.rearrange(tokens, "(b c) q d -> b c q d", b=b)
-    else:
-      raise ValueError(f"reference_mode must be 'mean' or 'joint', got {cfg.reference_mode!r}.")
     valid = inputs.char_valid.astype(bool) & jnp.any(ref_valid, axis=-1)
     tokens = nn.with_logical_constraint(tokens, ("batch", "chars", "length", "embed"))
     return tokens, valid

@@ -1,4 +1,4 @@
-"""Sampling: ODE samplers, layouts, the batched/sharded Generator, video files."""
+"""Sampling: ODE samplers, the batched/sharded Generator, samples written during training."""
 
 from idjax.sampling.samplers import sample, step, timesteps
 

@@ -9,8 +9,13 @@ Why: XLA CPU picks matmul kernels and their blocking from the operand shapes,
 so the same example inside a batch of 1 and of 8 can differ in the last bit
 (and such differences grow over the ODE steps). Fixing the per-device shape
 removes that cause; with a data-parallel mesh the per-device program is then
-the same on 1 or N devices, and frames are bit-identical. (The guarantee is
-for equal `per_device_batch`; bigger chunks are faster on accelerators.)
+the same on 1 or N devices, and frames are bit-identical. The denoising loop
+runs inside `sharding.activation_sharding`, as training does; its
+constraints keep the activations, down to the per-example timestep and
+adaLN vectors, batch-sharded, so on an fsdp mesh too a device computes its
+own examples at full width and the frames equal one device's (tested on
+fsdp=8). (The guarantee is for equal `per_device_batch`; bigger chunks are
+faster on accelerators.)
 
 In latent space (config.model.space == "latent") the model diffuses the
 frozen autoencoder's latents: noise and face masks are made at the latent
@@ -39,17 +44,18 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from idjax import config_rules
 from idjax import diffusion
+from idjax import layout as layout_lib
 from idjax import models
 from idjax import restore
 from idjax import rng
 from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
+from idjax.conditioning import encode_references
 from idjax.data import prompts as prompts_lib
 from idjax.face.frozen import FrozenFaceEncoder
-from idjax.sampling import layout as layout_lib
 from idjax.sampling import samplers
-from idjax.train.step import encode_references
 
 
 def resolve_path(path: str, workdir: str) -> str:
@@ -131,7 +137,9 @@ class Generator:
   """A trained video model, its conditioning face encoder and a mesh.
 
   Attributes:
-    config: the run's full ConfigDict (model, data, sample sections).
+    config: the run's full ConfigDict (model, data, sample sections); keys
+      that a config saved before they existed lacks are filled in with the
+      values they had then (config_rules.with_absent_keys).
     params: EMA params, placed on the mesh by the sharding rules.
     face_encoder: the frozen encoder the model was trained with.
     autoencoder: the frozen video autoencoder of a latent-space model (None
@@ -142,16 +150,17 @@ class Generator:
 
   def __init__(self, config, params, face_encoder: FrozenFaceEncoder, mesh=None,
                per_device_batch: int | None = None, autoencoder=None):
+    config = config_rules.with_absent_keys(config)
     self.config = config
     self.model = models.build_model(config.model)
     self.face_encoder = face_encoder
     self.autoencoder = autoencoder
-    if (config.model.get("space", "pixel") == "latent") != (autoencoder is not None):
+    if (config.model.space == "latent") != (autoencoder is not None):
       raise ValueError("A latent-space model needs its autoencoder, and a pixel-space one none.")
     self.rules = sharding.rules_from_config(config.sharding.rules)
     self.mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
     if per_device_batch is None:
-      per_device_batch = int(config.sample.get("per_device_batch", 1))
+      per_device_batch = int(config.sample.per_device_batch)
     self.per_device_batch = per_device_batch
     self.chunk = per_device_batch * sharding.batch_axis_size(self.mesh, self.rules)
     self.resolution = int(config.data.resolution)
@@ -185,11 +194,11 @@ class Generator:
     straight onto its device of `mesh` (default: config.mesh). Raises
     ValueError (one sentence) when the workdir cannot be sampled.
     """
-    config = restore.read_video_config(workdir)
+    config = config_rules.with_absent_keys(restore.read_video_config(workdir))
     face_encoder = FrozenFaceEncoder.from_workdir(
         resolve_path(config.face_encoder_workdir, workdir))
     autoencoder = None
-    if config.model.get("space", "pixel") == "latent":
+    if config.model.space == "latent":
       autoencoder = FrozenAutoencoder.from_workdir(
           resolve_path(config.autoencoder_workdir, workdir))
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
@@ -350,7 +359,7 @@ class Generator:
     s_text = float(defaults.text_guidance if text_guidance is None else text_guidance)
     s_id = float(defaults.identity_guidance if identity_guidance is None else identity_guidance)
     strength = defaults.identity_strength if identity_strength is None else identity_strength
-    shift = float(defaults.get("shift", 1.0) if shift is None else shift)
+    shift = float(defaults.shift if shift is None else shift)
     prompts = list(prompts)
     b = len(prompts)
     references = [[] for _ in prompts] if references is None else [list(c) for c in references]
@@ -377,10 +386,6 @@ class Generator:
     g = self.chunk
     chunks = []
     start = time.perf_counter()
-    # Not inside sharding.activation_sharding: with a mesh set, Flax's shape
-    # check of DenseGeneral kernels (multi-axis features) applies a rank-3
-    # logical constraint to the rank-2 init value and fails. Inputs carry
-    # their batch sharding and params theirs; XLA propagates the rest.
     for lo in range(0, len(host.noise), g):
       sl = slice(lo, lo + g)
       refs = self._put_batch(host.references[sl])
@@ -399,15 +404,18 @@ class Generator:
     s_id_a = jax.device_put(jnp.float32(s_id), self._replicated)
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"{sampler} x{passes}", disable=not progress, leave=False)
-    for i in bar:
-      t = jax.device_put(grid[i], self._replicated)
-      t_next = jax.device_put(grid[i + 1], self._replicated)
-      for c in chunks:
-        c["x"] = step_fn(self.params, c["x"], t, t_next, c["text"], c["identity"],
-                         c["strength"], s_text_a, s_id_a)
-      if i == 0:
-        jax.block_until_ready([c["x"] for c in chunks])
-        timings["first_step_s"] = time.perf_counter() - start  # includes compilation
+    # The model's activation constraints take effect here, as in training
+    # (the step is traced on its first call).
+    with sharding.activation_sharding(self.mesh, self.rules):
+      for i in bar:
+        t = jax.device_put(grid[i], self._replicated)
+        t_next = jax.device_put(grid[i + 1], self._replicated)
+        for c in chunks:
+          c["x"] = step_fn(self.params, c["x"], t, t_next, c["text"], c["identity"],
+                           c["strength"], s_text_a, s_id_a)
+        if i == 0:
+          jax.block_until_ready([c["x"] for c in chunks])
+          timings["first_step_s"] = time.perf_counter() - start  # includes compilation
     frames = np.concatenate([np.asarray(self._to_frames(c["x"])) for c in chunks])[:b]
     timings["sampling_s"] = time.perf_counter() - start
     timings["steps"] = steps

@@ -1,11 +1,13 @@
 """How much memory sampling a clip needs, checked before sampling starts.
 
-An analytic estimate, not a measurement: it counts the tensors that dominate
-one sampler step of VideoDiT (parameters, the clips and the guidance passes'
+An estimate, not a measurement: it counts the tensors that dominate one
+sampler step of VideoDiT (parameters, the clips and the guidance passes'
 velocities, the block activations, and the largest attention score matrix,
 which grows with the square of the frames in temporal attention). It errs
 high, so a clip it accepts fits, and it is cheap enough to run before the
-model loads.
+model loads. The parameters are counted exactly, at their size on one device
+of the mesh: an abstract init (no FLOPs, no memory) laid out by the rules
+table, as `Generator.from_workdir` restores them.
 """
 
 import math
@@ -13,6 +15,9 @@ import os
 
 import jax
 
+from idjax import models
+from idjax import restore
+from idjax import sharding
 from idjax.configlib import UsageError
 
 _F32 = 4
@@ -25,24 +30,44 @@ def guidance_passes(text_guidance: float, identity_guidance: float) -> int:
   return 2 if text_guidance == 1.0 else 3
 
 
+def param_bytes_per_device(config, mesh=None) -> int:
+  """Bytes of the video model's params on the device holding the most of
+  them, each param sharded over `mesh` (default: config.mesh over every
+  device) as config.sharding.rules place it.
+
+  The face encoder's sizes, which set two small input projections, are not
+  in the video config; `dummy_inputs`' stand-ins are used (a few thousand
+  parameters' difference at the shipped widths).
+  """
+  m = config.model
+  mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+  pt, ph, pw = (int(v) for v in m.patch_size)
+  args = models.dummy_inputs(m, batch=1, frames=pt, height=ph, width=pw, text_len=1,
+                             num_chars=int(m.max_characters))
+  boxed = jax.eval_shape(models.build_model(m).init, jax.random.key(0), *args)["params"]
+  per_device = {}
+  for a in jax.tree.leaves(restore.abstract_params(boxed, mesh, config.sharding.rules)):
+    shard = math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize
+    for device in a.sharding.device_set:
+      per_device[device] = per_device.get(device, 0) + shard
+  return max(per_device.values())
+
+
 def sampling_bytes(config, num_frames: int, batch: int, passes: int = 3,
-                   side: int | None = None) -> int:
+                   side: int | None = None, *, params: int | None = None) -> int:
   """Peak bytes of one sampler step on `batch` clips of `num_frames` frames
   (one device's share), for a video config (`model`, `data` sections).
   `side`: of the grid the model diffuses (the frame in pixel space, the
-  latent grid in latent space; default data.resolution)."""
+  latent grid in latent space; default data.resolution). `params`: the
+  params' bytes per device (default: `param_bytes_per_device(config)`)."""
   m, d = config.model, config.data
   pt, ph, pw = (int(v) for v in m.patch_size)
   height = width = int(d.resolution if side is None else side)
-  act = 2 if str(m.get("dtype", "float32")) in ("bfloat16", "float16") else _F32
+  act = 2 if str(m.dtype) in ("bfloat16", "float16") else _F32
   t, p = math.ceil(num_frames / pt), (height // ph) * (width // pw)
   tokens = batch * t * p
   w, heads, ratio = int(m.width), int(m.num_heads), float(m.mlp_ratio)
-  # Per block: spatial, temporal, text and identity attention (4 w^2 each),
-  # the MLP and adaLN modulation (about 9 w^2); plus the text encoder.
-  params = int(m.depth) * (25 + 2 * ratio) * w * w
-  params += int(m.text_layers) * (4 + 2 * ratio) * int(m.text_width) ** 2
-  params *= 2 if str(m.get("param_dtype", "float32")) in ("bfloat16", "float16") else _F32
+  params = param_bytes_per_device(config) if params is None else params
   clip = batch * num_frames * height * width * _F32
   clips = clip * (int(m.channels) * (3 + passes) + int(d.max_characters))  # x, v's, masks
   clips += batch * num_frames * int(d.resolution) ** 2 * 3 * _F32          # decoded frames
@@ -85,19 +110,21 @@ def _gib(n: int) -> str:
 
 
 def check_fits(config, num_frames: int, passes: int = 3, side: int | None = None,
-               flag: str = "--frames") -> None:
+               flag: str = "--frames", mesh=None) -> None:
   """UsageError, with the estimate, the limit and the longest clip that fits,
   when sampling `num_frames` frames would not fit on a device (arguments as
-  `sampling_bytes`; the batch is config.sample.per_device_batch)."""
-  batch = int(config.sample.get("per_device_batch", 1))
-  need = sampling_bytes(config, num_frames, batch, passes, side)
+  `sampling_bytes`; the batch is config.sample.per_device_batch; `mesh`: where
+  the params are sharded, default config.mesh)."""
+  batch = int(config.sample.per_device_batch)
+  params = param_bytes_per_device(config, mesh)
+  need = sampling_bytes(config, num_frames, batch, passes, side, params=params)
   limit, where = available_bytes()
   if need <= limit:
     return
   lo, hi = 0, num_frames  # the longest length that fits (estimates grow with length)
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    fits = sampling_bytes(config, mid, batch, passes, side) <= limit
+    fits = sampling_bytes(config, mid, batch, passes, side, params=params) <= limit
     lo, hi = (mid, hi) if fits else (lo, mid - 1)
   pt = int(config.model.patch_size[0])
   longest = lo - lo % pt

@@ -1,5 +1,8 @@
-"""Training the video model: state, the pure step, the loop, checkpoints.
+"""Training: state, the pure step, the loop, checkpoints.
 
 Read in this order: state.py (what is trained and how it is updated), step.py
-(one pure train step), trainer.py (mesh, sharded init, loop), checkpoint.py.
+(the video model's pure train step), trainer.py (mesh, sharded init), loop.py
+(the loop both trainers run: resume, metrics, checkpoints, hooks),
+checkpoint.py. The face encoder's trainer (idjax/face/train.py) uses state.py
+and loop.py the same way.
 """

@@ -1,4 +1,5 @@
-"""Checkpoints of the video train state, and loading EMA params for sampling.
+"""Checkpoints of a train state (the video model's, the face encoder's), and
+loading EMA params for sampling.
 
 Layout: WORKDIR/config.json and WORKDIR/checkpoints/<step>/state (orbax).
 Saves are asynchronous (orbax copies the arrays off the devices, then writes
@@ -32,6 +33,8 @@ _SHAPE_DATA_KEYS = ("resolution", "max_characters", "num_references",
 
 
 def make_manager(workdir, train_config) -> ocp.CheckpointManager:
+  """A manager for training in `workdir`; `train_config` (a config's train
+  section, or `loop.Settings`) gives keep_checkpoints."""
   options = ocp.CheckpointManagerOptions(
       max_to_keep=int(train_config.keep_checkpoints), create=True,
       enable_async_checkpointing=True)

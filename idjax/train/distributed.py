@@ -32,6 +32,7 @@ import time
 import traceback
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 from idjax import configlib
@@ -131,7 +132,6 @@ class Lifeline:
   _BYE = b"B"
 
   def __init__(self, settings: ProcessSettings, init_timeout_s: float):
-    from jax.experimental import multihost_utils
     self.process_id = settings.process_id
     self._conns = []
     self._lock = threading.Lock()

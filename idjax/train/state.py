@@ -1,8 +1,10 @@
-"""The train state and the optimizer that updates it.
+"""The train state, the optimizer that updates it, and the guarded update.
 
 Everything a bit-identical resume needs is in `TrainState`: the step (which,
 with `rng`, addresses every random draw and, with the data seed, every batch),
-params, their EMA, the optimizer state, and the non-finite counters.
+params, their EMA, the optimizer state, and the non-finite counters. Both
+trainers (the video model's and the face encoder's) keep one and update it
+with `apply_gradients`.
 """
 
 import flax
@@ -15,7 +17,7 @@ import optax
 class TrainState:
   step: jax.Array          # int32 [], steps taken (skipped ones included)
   params: dict
-  ema_params: dict
+  ema_params: dict | None  # None: a run without an EMA (the face encoder)
   opt_state: optax.OptState
   rng: jax.Array           # uint32 [2], raw key data of the run's root key
   nonfinite: jax.Array     # int32 [], consecutive steps with a non-finite loss/grad
@@ -39,23 +41,56 @@ def learning_rate_schedule(train_config):
 
 
 def make_optimizer(train_config):
-  """AdamW after global-norm clipping; returns (tx, schedule)."""
+  """AdamW on `learning_rate_schedule`; returns (tx, schedule).
+
+  Reads lr, steps, warmup_steps, weight_decay and grad_clip (global-norm
+  clipping before AdamW; None: none, as the face-encoder configs, which have
+  no such key, train).
+  """
   schedule = learning_rate_schedule(train_config)
-  tx = optax.chain(
-      optax.clip_by_global_norm(train_config.grad_clip),
-      optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay))
-  return tx, schedule
+  adamw = optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=train_config.weight_decay)
+  grad_clip = train_config.get("grad_clip")
+  if grad_clip is None:
+    return adamw, schedule
+  return optax.chain(optax.clip_by_global_norm(grad_clip), adamw), schedule
 
 
-def create_state(params, tx, seed: int) -> TrainState:
-  """A fresh state. Works on boxed (logically partitioned) params too: optax
-  maps over the boxes, so the Adam moments inherit the params' axis names and
-  `nn.get_partition_spec` of the state lays out every leaf."""
+def create_state(params, tx, seed: int, ema: bool = True) -> TrainState:
+  """A fresh state (`ema=False`: no EMA params). Works on boxed (logically
+  partitioned) params too: optax maps over the boxes, so the Adam moments
+  inherit the params' axis names and `nn.get_partition_spec` of the state
+  lays out every leaf."""
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+      step=jnp.zeros((), jnp.int32), params=params, ema_params=params if ema else None,
       opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)),
       nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
 
 
 def ema_update(ema, params, decay):
   return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+
+
+def apply_gradients(state: TrainState, tx, grads, loss, ema_decay=None):
+  """One optax update of `state`, unless the loss or the gradient is not finite.
+
+  A non-finite step leaves params, EMA and optimizer state untouched and
+  counts in `nonfinite` (consecutive) and `skipped` (total); the step counter
+  moves on either way. The EMA (when the state has one) moves with `ema_decay`.
+
+  Returns (new state, metrics: grad_norm, applied, nonfinite, skipped).
+  """
+  grad_norm = optax.global_norm(grads)
+  ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  ema = state.ema_params
+  if ema is not None:
+    ema = keep(ema_update(ema, params, ema_decay), ema)
+  new_state = state.replace(
+      step=state.step + 1, params=keep(params, state.params), ema_params=ema,
+      opt_state=keep(opt_state, state.opt_state),
+      nonfinite=jnp.where(ok, 0, state.nonfinite + 1),
+      skipped=state.skipped + (~ok).astype(jnp.int32))
+  return new_state, dict(grad_norm=grad_norm, applied=ok.astype(jnp.float32),
+                         nonfinite=new_state.nonfinite, skipped=new_state.skipped)

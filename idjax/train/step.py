@@ -11,31 +11,12 @@ stays spread over all data-parallel devices.
 import einops
 import jax
 import jax.numpy as jnp
-import optax
 
-from idjax import diffusion, losses
-from idjax.face.crop import crop_and_resize
+from idjax import diffusion, layout, losses
+from idjax.conditioning import encode_references
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
-from idjax.sampling import layout
-from idjax.train.state import TrainState, ema_update, make_optimizer
-
-
-def encode_references(encoder, encoder_params, references):
-  """uint8 [B, C, K, R, R, 3] -> (emb [B, C, K, D], fmap [B, C, K, N, F]).
-
-  Each reference is resized whole (box = full image) to the encoder's input;
-  no gradient reaches anything here.
-  """
-  b, c, k = references.shape[:3]
-  x = diffusion.to_model_space(references)
-  full = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0, 1.0]), (b, c, k, 4))
-  crops = einops.rearrange(crop_and_resize(x, full, encoder.input_size),
-                           "b c k h w x -> (b c k) h w x")
-  emb, fmap = encoder.apply(encoder_params, crops)
-  emb = einops.rearrange(emb, "(b c k) d -> b c k d", b=b, c=c)
-  fmap = einops.rearrange(fmap, "(b c k) n f -> b c k n f", b=b, c=c)
-  return jax.lax.stop_gradient(emb), jax.lax.stop_gradient(fmap)
+from idjax.train.state import TrainState, apply_gradients, make_optimizer
 
 
 def draw_example_randomness(train_config, root, step, index, frames_shape):
@@ -161,21 +142,8 @@ def make_train_step(config, model, encoder, autoencoder=None):
     inputs = prepare(state, batch, frozen)
     key = derive(state.root_key, state.step, "dropout")
     loss, metrics, grads = loss_and_grads(state.params, inputs, frozen, key)
-    grad_norm = optax.global_norm(grads)
-    # A non-finite loss or gradient leaves params, EMA and optimizer untouched.
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = ema_update(state.ema_params, params, tc.ema_decay)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
-    new_state = state.replace(
-        step=state.step + 1, params=keep(params, state.params),
-        ema_params=keep(ema, state.ema_params), opt_state=keep(opt_state, state.opt_state),
-        nonfinite=jnp.where(ok, 0, state.nonfinite + 1),
-        skipped=state.skipped + (~ok).astype(jnp.int32))
-    metrics.update(loss=loss, grad_norm=grad_norm, lr=schedule(state.step),
-                   applied=ok.astype(jnp.float32), nonfinite=new_state.nonfinite,
-                   skipped=new_state.skipped, t_mean=jnp.mean(inputs["t"]))
+    new_state, update = apply_gradients(state, tx, grads, loss, tc.ema_decay)
+    metrics.update(update, loss=loss, lr=schedule(state.step), t_mean=jnp.mean(inputs["t"]))
     return new_state, metrics
 
   return train_step
