@@ -85,7 +85,7 @@ def main(argv):
   configlib.parse_overrides(config, rest)
   if jax.device_count() == 1:
     config.mesh = type(config.mesh)(dict(data=-1, fsdp=1, tensor=1, sequence=1))
-  setup, state, batch, enc = bench.prepare(config, bench.random_encoder(ROOT))
+  setup, state, batch, enc, _ = bench.prepare(config, bench.random_encoder(ROOT))
   with sharding.activation_sharding(setup.mesh, config.sharding.rules):
     compiled = setup.jitted(batch).lower(state, batch, enc).compile()
   for _ in range(2):

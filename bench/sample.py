@@ -13,6 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/train_step.py
 
 from idjax import configlib
 
@@ -32,10 +33,7 @@ def random_generator(config_path, face_config_path, overrides):
   fparams = jax.jit(lambda k: nn.unbox(encoder.init(k, jnp.zeros((1, size, size, 3))))["params"])(
       jax.random.key(1))
   fe = FrozenFaceEncoder(fcfg, fparams)
-  import os
-  import sys
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-  from train_step import random_autoencoder
+  from train_step import random_autoencoder  # bench/ is on sys.path (above)
   autoencoder = random_autoencoder(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                    config)
   res = int(config.data.resolution)

@@ -95,19 +95,20 @@ def device_peak_mib():
 
 
 def prepare(config, encoder):
-  """(setup, fresh state, a synthetic batch, frozen params) on all local devices."""
+  """(setup, fresh state, a synthetic batch, frozen params, the random
+  autoencoder or None) on all local devices."""
   mesh = trainer.build_mesh(config)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh,
-                             random_autoencoder(root, config))
+  autoencoder = random_autoencoder(root, config)
+  setup = trainer.make_setup(config, build_model(config.model), encoder, mesh, autoencoder)
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, config.sharding.rules))
            for k, v in synthetic_batch(config, config.train.batch_size).items()}
-  return setup, setup.init(), batch, setup.frozen
+  return setup, setup.init(), batch, setup.frozen, autoencoder
 
 
 def measure(config, encoder, steps: int) -> dict:
   """Compiles and times the train step of `config` on all local devices."""
-  setup, state, batch, enc = prepare(config, encoder)
+  setup, state, batch, enc, autoencoder = prepare(config, encoder)
   with sharding.activation_sharding(setup.mesh, config.sharding.rules):
     t0 = time.perf_counter()
     compiled = setup.jitted(batch).lower(state, batch, enc).compile()
@@ -122,8 +123,7 @@ def measure(config, encoder, steps: int) -> dict:
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  flops = trainer.train_flops_per_step(config, encoder, random_autoencoder(root, config))
+  flops = trainer.train_flops_per_step(config, encoder, autoencoder)
   return dict(
       batch=config.train.batch_size, frames=config.data.num_frames,
       resolution=config.data.resolution, width=config.model.width, depth=config.model.depth,
