@@ -6,7 +6,7 @@ RUNS ?= runs/demo
 # Exact versions (CI and `make install`); pyproject.toml keeps the ranges.
 LOCK := requirements-lock.txt
 
-.PHONY: install demo test test-slow lint format bench clean-demo
+.PHONY: install demo test test-slow lint format bench clean-demo install-app test-app
 
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,20 @@ $(VENV)/.installed: pyproject.toml $(LOCK)
 	touch $@
 
 install: $(VENV)/.installed
+
+# The web app's extra (python -m idjax.app) and Playwright for its browser test, at
+# exact versions. Gradio 6 needs pillow < 13, so the lock's pillow pin is left out.
+$(VENV)/.app: $(VENV)/.installed $(LOCK)
+	grep -v '^pillow==' $(LOCK) > $(VENV)/app-constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/app-constraints.txt -e '.[app]' gradio==6.31.0 playwright==1.65.2
+	touch $@
+
+install-app: $(VENV)/.app
+
+# The app's tests, the browser test included (it drives the system Chromium:
+# apt-get install -y chromium); -rs prints why a test was skipped.
+test-app: $(VENV)/.app
+	$(PY) -m pytest -q -rs -m 'slow or not slow' tests/test_app.py tests/test_app_browser.py
 
 # The linters at the versions in $(LOCK) (installed into the venv when missing).
 $(VENV)/.linters: $(VENV)/.installed $(LOCK)

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from idjax import diffusion, models
+from idjax import diffusion
 from idjax.data import world
 from idjax.eval import benchmark
 from idjax.face.frozen import FrozenFaceEncoder
@@ -66,10 +66,7 @@ def error_by_t(generator, clips):
       np.arange(n),
       np.stack([c["boxes"] for c in clips]),
   )
-  emb, feats = generator._encode_fn()(generator.face_params, host.references[:n])
-  identity = models.IdentityInputs(
-      emb, feats, host.ref_valid[:n], host.char_valid[:n], host.face_masks[:n]
-  )
+  identity = generator._identity_inputs(host, slice(0, n))
   noise = np.asarray(jax.random.normal(jax.random.PRNGKey(1), x0.shape))
   mean_mse = float(np.mean((x0.mean(0, keepdims=True) - x0) ** 2))
   rows = []

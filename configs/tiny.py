@@ -52,6 +52,9 @@ def get_config():
   config.model.channels = 3
   config.model.patch_size = (1, 4, 4)    # (frames, height, width)
   config.model.prediction = "clean"      # network output: "clean" clip (x0) or "velocity"
+  # The first reference drawn in each face box, as input channels beside the
+  # clip (conditioning.reference_canvas).
+  config.model.reference_canvas = False
   # Width 96 / MLP ratio 2: ~1.5M params, ~0.73 GFLOPs forward per 8x32x32
   # clip, so the CPU demo trains in about ten minutes.
   config.model.width = 96

@@ -9,7 +9,7 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from idjax import diffusion
+from idjax import diffusion, layout
 from idjax.face.crop import crop_and_resize
 
 
@@ -29,3 +29,48 @@ def encode_references(encoder, encoder_params, references):
   emb = einops.rearrange(emb, "(b c k) d -> b c k d", b=b, c=c)
   fmap = einops.rearrange(fmap, "(b c k) n f -> b c k n f", b=b, c=c)
   return jax.lax.stop_gradient(emb), jax.lax.stop_gradient(fmap)
+
+
+def reference_canvas(references, ref_valid, char_valid, boxes, height: int, width: int):
+  """Each character's reference drawn where its face goes: float [B, T, H, W, 3].
+
+  A character's first valid reference portrait (framed like a face box: the
+  world renders portraits with the head box = the whole image) is resized
+  into the character's box on every frame, inside the box's soft ellipse
+  mask (layout.face_masks), over the earlier characters, as the world draws
+  heads back to front. Zero (mid grey in model space) elsewhere, for
+  characters that are not valid and for all-zero boxes.
+
+  This is the identity path's spatially aligned input (reference
+  composition, as MAGREF conditions Wan 2.1 by channel concatenation): at
+  high noise, where the resampler's identity tokens barely inform the face,
+  the face's appearance is there at the right place in the model's input.
+
+  Args:
+    references: uint8 [B, C, K, R, R, 3].
+    ref_valid: bool [B, C, K]; the first valid reference of a character is drawn.
+    char_valid: bool [B, C].
+    boxes: float [B, C, T, 4] (y0, x0, y1, x1) fractions of the frame.
+    height, width: the frame's pixel grid.
+  """
+  b, c, k, r = references.shape[:4]
+  first = jnp.argmax(ref_valid, axis=-1)  # [B, C]
+  portrait = jnp.take_along_axis(references, first[:, :, None, None, None, None], axis=2)[:, :, 0]
+  portrait = diffusion.to_model_space(portrait)  # [B, C, R, R, 3]
+  boxes = jnp.asarray(boxes, jnp.float32)
+  y0, x0, y1, x1 = (boxes[..., i] for i in range(4))  # [B, C, T]
+  scale = jnp.stack([(y1 - y0) * height / r, (x1 - x0) * width / r], -1)  # [B, C, T, 2]
+  shift = jnp.stack([y0 * height, x0 * width], -1)
+
+  def place(image, s, tr):  # [R, R, 3] -> [H, W, 3]
+    return jax.image.scale_and_translate(image, (height, width, 3), (0, 1), s, tr, "linear")
+
+  place_frames = jax.vmap(place, in_axes=(None, 0, 0))  # over T
+  placed = jax.vmap(jax.vmap(place_frames))(portrait, scale, shift)  # [B, C, T, H, W, 3]
+  masks = layout.face_masks(boxes, height, width, xp=jnp)  # [B, C, T, H, W]
+  masks = masks * char_valid[:, :, None, None, None].astype(jnp.float32)
+  canvas = jnp.zeros(placed.shape[:1] + placed.shape[2:], jnp.float32)
+  for ch in range(c):  # back to front
+    m = masks[:, ch, ..., None]
+    canvas = canvas * (1.0 - m) + placed[:, ch] * m
+  return canvas

@@ -141,6 +141,7 @@ VIDEO = COMMON + (
     ("model.channels", integer(1)),
     ("model.patch_size", integers(3)),
     ("model.prediction", one_of("clean", "velocity")),
+    ("model.reference_canvas", boolean()),
     ("model.width", integer(1)),
     ("model.depth", integer(1)),
     ("model.num_heads", integer(1)),
@@ -267,6 +268,7 @@ ABSENT_AS = {
     "autoencoder_workdir": "",       # needed only in latent space
     "model.space": "pixel",          # before latent-space models
     "model.prediction": "velocity",  # before clean prediction
+    "model.reference_canvas": False,  # before the reference canvas
     "sample.shift": 1.0,             # before the timestep-grid shift
     "sample.per_device_batch": 1,    # before batched sampling
 }

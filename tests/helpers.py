@@ -58,6 +58,7 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
           scan_blocks=True,
           remat_policy="none",
           prediction="velocity",
+          reference_canvas=False,
           param_dtype="float32",
           dtype="float32",
       )
@@ -316,11 +317,17 @@ class TinyVideoModel(nn.Module):
   """VideoDiT's interface on a per-pixel MLP conditioned on t, text and identity."""
 
   width: int = 16
+  reference_canvas: bool = False
 
   @nn.compact
   def __call__(
       self, x, t, text_tokens, identity=None, identity_strength=None, *, deterministic=True
   ):
+    if self.reference_canvas:
+      canvas = jnp.zeros_like(x)
+      if identity is not None and identity.ref_canvas is not None:
+        canvas = identity.ref_canvas * identity_strength[:, None, None, None, None]
+      x = jnp.concatenate([x, canvas], axis=-1)
     h = _dense(self.width, ("conv_in", "embed"), "embed_in")(x)
     h = nn.with_logical_constraint(h, ("batch", "frames", None, None, "embed"))
     cond = _dense(self.width, (None, "embed"), "time")(t[:, None])
@@ -335,7 +342,7 @@ class TinyVideoModel(nn.Module):
       h = h * (1.0 + mask)
     h = nn.gelu(h + cond[:, None, None, None, :])
     h = nn.gelu(_dense(2 * self.width, ("embed", "mlp"), "hidden")(h))
-    return _dense(x.shape[-1], ("mlp", None), "out")(h)
+    return _dense(x.shape[-1] // (2 if self.reference_canvas else 1), ("mlp", None), "out")(h)
 
 
 def tiny_train_config():

@@ -179,9 +179,10 @@ def test_configs_saved_before_a_key_existed_read_as_they_were_trained():
   assert config_rules.with_absent_keys(config) is config     # complete: untouched
   old = config.to_dict()
   del old["model"]["space"], old["model"]["prediction"], old["sample"]["shift"]
+  del old["model"]["reference_canvas"]
   old = ml_collections.ConfigDict(old)
   filled = config_rules.with_absent_keys(old)
-  assert (filled.model.space, filled.model.prediction, filled.sample.shift) == (
-      "pixel", "velocity", 1.0)
+  assert (filled.model.space, filled.model.prediction, filled.sample.shift,
+          filled.model.reference_canvas) == ("pixel", "velocity", 1.0, False)
   assert "space" not in old.model                             # a copy
   assert config_rules.violations(filled) == []

@@ -76,3 +76,13 @@ def test_make_source_errors(tmp_path):
     pipeline.make_source(_data_config("on_the_fly", tmp_path, split="test"))
   with pytest.raises(IndexError):
     pipeline.make_source(_data_config("on_the_fly", tmp_path))[4]
+
+
+def test_a_prepared_folder_is_never_filled_with_synthetic_clips(tmp_path):
+  """data.* values that do not name the prepared shards are an error, not a
+  silent render of the synthetic world into the user's footage folder."""
+  (tmp_path / pipeline.PREPARE_PLAN).write_text("{}")
+  before = sorted(p.name for p in tmp_path.iterdir())
+  with pytest.raises(ValueError, match="prepared by idjax.data.prepare"):
+    pipeline.make_source(_data_config("tfds", tmp_path))
+  assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -69,7 +69,9 @@ def parts():
 
 def _one_step(config, encoder, autoencoder, sizes):
   mesh = mesh_for(config, sizes)
-  setup = trainer.make_setup(config, TinyVideoModel(), encoder, mesh, autoencoder)
+  # With the reference canvas, which the step draws and encodes on each mesh.
+  model = TinyVideoModel(reference_canvas=True)
+  setup = trainer.make_setup(config, model, encoder, mesh, autoencoder)
   state = setup.init()
   new_state, metrics = setup.run_step(state, put_batch(numpy_batch(0), mesh))
   return jax.device_get(new_state), jax.device_get(metrics)
@@ -111,6 +113,7 @@ def test_latent_config_must_match_the_autoencoder(parts, tmp_path):
 def latent_gen(parts):
   _, autoencoder = parts
   cfg = latent_config(tiny_sample_config(), autoencoder)
+  cfg.model.reference_canvas = True
   fe = tiny_face_encoder()
   grid = cfg.copy_and_resolve_references()
   grid.data.resolution = 4      # params are shaped by the latent grid (4x4 cells)
@@ -138,9 +141,10 @@ def test_latent_sampling_is_bit_identical_on_eight_devices(latent_gen, parts):
   rng = np.random.default_rng(2)
   prompts = [f"a person {i}" for i in range(3)]
   refs = [[random_refs(rng, 1)] for _ in prompts]
-  one = latent_gen.generate(prompts, refs, seed=5, progress=False)
+  layout = [[[[0.1, 0.2, 0.6, 0.7], [0.3, 0.3, 0.9, 0.9]]] for _ in prompts]
+  one = latent_gen.generate(prompts, refs, seed=5, layout=layout, progress=False)
   mesh = trainer.sharding.make_mesh({"data": 8}, devices=jax.devices()[:8])
   eight = Generator(latent_gen.config, jax.device_get(latent_gen.params), latent_gen.face_encoder,
                     mesh=mesh, autoencoder=autoencoder)
-  np.testing.assert_array_equal(eight.generate(prompts, refs, seed=5, progress=False)["frames"],
-                                one["frames"])
+  np.testing.assert_array_equal(
+      eight.generate(prompts, refs, seed=5, layout=layout, progress=False)["frames"], one["frames"])

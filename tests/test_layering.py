@@ -48,7 +48,7 @@ LAYERS = (
             "idjax.eval",
         ),
     ),
-    ("CLIs", ("idjax.eval.__main__",)),
+    ("CLIs", ("idjax.eval.__main__", "idjax.app", "idjax.data.prepare.__main__")),
 )
 TRAINING = ("idjax.train", "idjax.face.train", "idjax.autoencoder.train")
 SAMPLING = ("idjax.sampling",)

@@ -117,10 +117,28 @@ def make_source(data_config):
     sizes = dict(train=0, heldout=0)
     sizes[split] = size
     config = tfds_builder.builder_config(cfg, seed, sizes["train"], sizes["heldout"])
+    _check_prepared(data_config.tfds_data_dir, tfds_builder.SyntheticIdentityVideo.name, config.name)
     return TfdsSource(tfds.data_source(
         tfds_builder.SyntheticIdentityVideo.name, split=split,
         data_dir=data_config.tfds_data_dir or None, builder_kwargs=dict(config=config)))
   raise ValueError(f"data.source must be 'on_the_fly' or 'tfds', got {data_config.source!r}.")
+
+
+# Written by `python -m idjax.data.prepare` (idjax/data/prepare/run.py) into its --out.
+PREPARE_PLAN = "prepare_plan.json"
+
+
+def _check_prepared(data_dir, dataset: str, config_name: str) -> None:
+  """ValueError when `data_dir` holds shards made by idjax.data.prepare but
+  none for these data.* values: TFDS would otherwise render the synthetic
+  world into the user's folder and train on that instead of their footage."""
+  if not data_dir or not os.path.isfile(os.path.join(data_dir, PREPARE_PLAN)):
+    return
+  if not os.path.isdir(os.path.join(data_dir, dataset, config_name)):
+    raise ValueError(
+        f"{data_dir} holds footage prepared by idjax.data.prepare, but not for these data.* "
+        f"values (no {dataset}/{config_name}); use the --config.data.* flags that prepare "
+        "printed (also in its prepare_report.json).")
 
 
 def _mix(x: int) -> int:

@@ -43,7 +43,8 @@ def parse_args(argv):
   p.add_argument("--num-identities", type=int, default=8)
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval.json)")
-  p.add_argument("--frames", type=int, default=None)
+  p.add_argument("--frames", "--num-frames", type=int, default=None,
+                 help="frames per clip; given, the drift numbers and <stem>_drift.png follow")
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--sampler", choices=("euler", "heun"), default=None)
   p.add_argument("--identity-strength", type=float, default=None)
@@ -52,6 +53,9 @@ def parse_args(argv):
   p.add_argument("--probe-workdir", default=None,
                  help="attribute probe cache (default: probe/ beside the eval encoder workdir; "
                       "trained there, about a minute, if absent)")
+  p.add_argument("--eval-encoder", default=None,
+                 help="'dlib' (real-face ResNet, idjax.eval.real_faces) or a face-encoder "
+                      "workdir (default: the config's eval_encoder_workdir)")
   p.add_argument("--no-plots", action="store_true", help="write no PNG plots beside --out")
   p.add_argument("--overwrite", action="store_true", help="replace an existing --out and plots")
   p.add_argument("--no-progress", action="store_true")
@@ -103,9 +107,12 @@ def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   out = args.out or os.path.join(args.workdir, "eval.json")
   plot_paths = {} if args.no_plots else plot_targets(out, bool(args.strengths))
+  if plot_paths and args.frames is not None:  # drawn by idjax.eval.drift, not plots.write
+    stem = out[: -len(".json")] if out.endswith(".json") else out
+    plot_paths["drift"] = f"{stem}_drift.png"
   paths.check_files([out, *plot_paths.values()], "--out", args.overwrite)
   # Heavy imports after the argument checks: usage errors come back at once.
-  from idjax.eval import benchmark, plots
+  from idjax.eval import benchmark, drift, plots
   from idjax.eval import probe as probe_lib
   from idjax.face.frozen import FrozenFaceEncoder
   from idjax.sampling import memory
@@ -114,7 +121,12 @@ def main(argv=None):
   try:
     generator = Generator.from_workdir(args.workdir)
     eval_dir = resolve_path(generator.config.eval_encoder_workdir, args.workdir)
-    eval_encoder = FrozenFaceEncoder.from_workdir(eval_dir)
+    if args.eval_encoder == "dlib":
+      from idjax.eval.real_faces import DlibEncoder  # optional: needs the `real` extra
+      eval_encoder = DlibEncoder()
+    else:
+      eval_dir = args.eval_encoder or eval_dir
+      eval_encoder = FrozenFaceEncoder.from_workdir(eval_dir)
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
   memory.check_fits(generator.config, args.frames or int(generator.config.sample.num_frames),
@@ -127,15 +139,27 @@ def main(argv=None):
                               variants, num_frames=args.frames, progress=not args.no_progress,
                               probe=probe)
   result["workdir"] = os.path.abspath(args.workdir)
-  result["eval_encoder_workdir"] = os.path.abspath(eval_dir)
+  result["eval_encoder_workdir"] = (
+      "dlib" if args.eval_encoder == "dlib" else os.path.abspath(eval_dir))
   result["probe_workdir"] = os.path.abspath(probe_dir)
+  # Drift of the per-frame FaceSim (mean over the identities) of every row.
+  result["drift"] = {name: drift.drift_report(values)
+                     for name, values in result["face_sim_per_frame"].items()}
   print(benchmark.format_table(result))
+  for name, row in result["drift"].items():
+    print(f"{name}: drift {row['slope_per_100']:+.4f} FaceSim per 100 frames, "
+          f"last - first 10% {row['end_minus_start']:+.4f} ({row['num_frames']} frames)")
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json(out, json.dumps(result, indent=2, sort_keys=False))
   # The JSON before the plots, so a plot that fails loses no evaluation; its
   # line stays the last one printed.
+  drift_path = plot_paths.pop("drift", None)
   for path in plots.write(result, plot_paths):
     print(f"wrote {path}")
+  if drift_path:
+    drift.write_drift_plot(drift_path, result["face_sim_per_frame"],
+                           title=f"FaceSim per frame, mean over {args.num_identities} identities")
+    print(f"wrote {drift_path}")
   print(f"wrote {out}")
 
 

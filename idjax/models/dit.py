@@ -100,6 +100,19 @@ def layout_map(identity, strength, shape):
   return jnp.sum(channels, axis=1)
 
 
+def canvas_input(identity, strength, shape):
+  """identity.ref_canvas gated like the identity update: [B, T, H, W, C].
+
+  Scaled by identity_strength, and zero without an identity, without a
+  canvas, or with no valid character (the CFG null condition), so strength 0
+  matches identity=None exactly.
+  """
+  if identity is None or identity.ref_canvas is None:
+    return jnp.zeros(shape, jnp.float32)
+  on = jnp.any(identity.char_valid, axis=-1).astype(jnp.float32) * strength.astype(jnp.float32)
+  return identity.ref_canvas.astype(jnp.float32) * on[:, None, None, None, None]
+
+
 ROUTINGS = ("hard", "soft", "none")
 PREDICTIONS = ("velocity", "clean")
 
@@ -137,6 +150,8 @@ class VideoDiT(nn.Module):
       `depth` separate ones (block_0, block_1, ...).
     remat_policy: "none" or a key of REMAT_POLICIES.
     prediction: the network's output, "velocity" or the "clean" clip.
+    reference_canvas: read identity.ref_canvas (the references drawn in their
+      boxes, in the model's space) as extra input channels beside the clip.
     dtype, param_dtype: names of the compute and parameter dtypes.
   """
   patch_size: tuple[int, int, int]
@@ -158,6 +173,7 @@ class VideoDiT(nn.Module):
   scan_blocks: bool
   remat_policy: str
   prediction: str
+  reference_canvas: bool
   dtype: str
   param_dtype: str
 
@@ -219,7 +235,10 @@ class VideoDiT(nn.Module):
     cond = nn.with_logical_constraint(cond, ("batch", "embed"))
 
     # Patchify the clip together with its layout channels, and embed.
-    x_in = jnp.concatenate([x.astype(jnp.float32), layout_map(identity, strength, x.shape)], -1)
+    inputs = [x.astype(jnp.float32), layout_map(identity, strength, x.shape)]
+    if self.reference_canvas:
+      inputs.append(canvas_input(identity, strength, x.shape))
+    x_in = jnp.concatenate(inputs, -1)
     tokens = einops.rearrange(x_in.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
                               pt=pt, ph=ph, pw=pw)
     h = blocks.dense(self.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
@@ -330,6 +349,7 @@ def build_model(model_config) -> VideoDiT:
       scan_blocks=m.scan_blocks,
       remat_policy=m.remat_policy,
       prediction=m.prediction,
+      reference_canvas=m.reference_canvas,
       dtype=m.dtype,
       param_dtype=m.param_dtype)
 

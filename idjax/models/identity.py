@@ -36,6 +36,10 @@ class IdentityInputs:
   ref_valid: Array          # bool [B, C, K]
   char_valid: Array         # bool [B, C]; a sample with no valid character gets no identity update
   face_masks: Array | None  # float [B, C, T, H, W] in [0, 1] (pixel grid), None = unrouted
+  # float [B, T, H, W, channels] in the model's space: the references drawn in
+  # their boxes (conditioning.reference_canvas), for models with
+  # reference_canvas=True; None = no canvas (zeros).
+  ref_canvas: Array | None = None
 
 
 class Resampler(nn.Module):

@@ -52,7 +52,7 @@ from idjax import restore
 from idjax import rng
 from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
-from idjax.conditioning import encode_references
+from idjax.conditioning import encode_references, reference_canvas
 from idjax.data import prompts as prompts_lib
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.sampling import samplers
@@ -131,6 +131,7 @@ class _Batch:
   char_valid: np.ndarray       # bool [B, C]
   strength: np.ndarray         # float32 [B]
   face_masks: np.ndarray       # float32 [B, C, T, h, w] at the model's grid
+  boxes: np.ndarray | None     # float32 [B, C, T, 4], or None (no layout)
 
 
 class Generator:
@@ -182,6 +183,7 @@ class Generator:
     self._decode = None
     self._steps = {}
     self._encode = None
+    self._canvas = None
     self._noise = {}
 
   @classmethod
@@ -218,6 +220,14 @@ class Generator:
     return jax.tree.map(
         lambda a: jax.device_put(a, sharding.batch_sharding(self.mesh, np.ndim(a), self.rules)), tree)
 
+  def _frames_sharding(self, ndim: int, axis: int = 1):
+    """Batch-sharded, with axis `axis` (frames) on the rules' `frames` mesh
+    axes (`sequence`): a long clip's noise, state and masks are split over
+    the sequence devices instead of replicated on each (no-op without one)."""
+    names = ["batch"] + [None] * (ndim - 1)
+    names[axis] = "frames"
+    return sharding.logical_to_sharding(tuple(names), self.mesh, self.rules)
+
   # --- compiled pieces ---------------------------------------------------
 
   def _encode_fn(self):
@@ -226,6 +236,19 @@ class Generator:
     if self._encode is None:
       self._encode = jax.jit(functools.partial(encode_references, self.face_encoder))
     return self._encode
+
+  def _canvas_fn(self):
+    """(references, ref_valid, char_valid, boxes) -> the reference canvas in
+    the model's space, exactly as the trainer draws (and encodes) it."""
+    if self._canvas is None:
+      res, ae = self.resolution, self.autoencoder
+
+      def canvas(ae_params, refs, ref_valid, char_valid, boxes):
+        x = reference_canvas(refs, ref_valid, char_valid, boxes, res, res)
+        return x if ae is None else ae.encode(ae_params, x)
+
+      self._canvas = jax.jit(canvas)
+    return self._canvas
 
   def _to_frames(self, x):
     """The model's clean output -> uint8 frames (decoded in latent space)."""
@@ -264,8 +287,7 @@ class Generator:
 
       return samplers.step(velocity, x, t, t_next, method)
 
-    x_sharding = sharding.batch_sharding(self.mesh, 5, self.rules)
-    fn = jax.jit(step, out_shardings=x_sharding, donate_argnums=(1,))
+    fn = jax.jit(step, out_shardings=self._frames_sharding(5), donate_argnums=(1,))
     self._steps[key] = fn
     return fn
 
@@ -299,7 +321,11 @@ class Generator:
     masks = np.ones((n, c, num_frames, side, side), np.float32)
     if boxes is not None:
       masks[:b] = layout_lib.face_masks(boxes, side, side)
-    return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks)
+    padded_boxes = None
+    if boxes is not None:
+      padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)
+      padded_boxes[:b] = boxes
+    return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes)
 
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
     if not prompts:
@@ -324,6 +350,23 @@ class Generator:
       raise ValueError(f"Unknown sampler {sampler!r}; expected one of {samplers.METHODS}.")
     if np.any((strengths < 0) | (strengths > 1)) or not np.all(np.isfinite(strengths)):
       raise ValueError("identity_strength must lie in [0, 1].")
+
+  def _identity_inputs(self, host, sl) -> models.IdentityInputs:
+    """The model's identity inputs for examples `sl` of a host batch, on the
+    mesh: encoded references, validity, face masks and (for models that read
+    it) the reference canvas."""
+    refs = self._put_batch(host.references[sl])
+    emb, feats = self._encode_fn()(self.face_params, refs)
+    ref_valid = self._put_batch(host.ref_valid[sl])
+    char_valid = self._put_batch(host.char_valid[sl])
+    canvas = None
+    if self.model.reference_canvas and host.boxes is not None:
+      canvas = self._canvas_fn()(self.autoencoder_params, refs, ref_valid, char_valid,
+                                 self._put_batch(host.boxes[sl]))
+    return models.IdentityInputs(
+        ref_embeddings=emb, ref_features=feats, ref_valid=ref_valid, char_valid=char_valid,
+        face_masks=jax.device_put(host.face_masks[sl], self._frames_sharding(5, axis=2)),
+        ref_canvas=canvas)
 
   # --- the API -----------------------------------------------------------
 
@@ -382,21 +425,15 @@ class Generator:
     passes = 1 if (s_text == 1.0 and s_id == 1.0) else (2 if s_text == 1.0 else 3)
     step_fn = self._step_fn(sampler, passes)
     grid = samplers.timesteps(steps, shift)
-    encode = self._encode_fn()
     g = self.chunk
     chunks = []
     start = time.perf_counter()
     for lo in range(0, len(host.noise), g):
       sl = slice(lo, lo + g)
-      refs = self._put_batch(host.references[sl])
-      emb, feats = encode(self.face_params, refs)
-      identity = models.IdentityInputs(
-          ref_embeddings=emb, ref_features=feats,
-          ref_valid=self._put_batch(host.ref_valid[sl]),
-          char_valid=self._put_batch(host.char_valid[sl]),
-          face_masks=self._put_batch(host.face_masks[sl]))
+      identity = self._identity_inputs(host, sl)
       chunks.append(dict(
-          x=self._put_batch(host.noise[sl]), text=self._put_batch(host.text[sl]),
+          x=jax.device_put(host.noise[sl], self._frames_sharding(5)),
+          text=self._put_batch(host.text[sl]),
           identity=identity, strength=self._put_batch(host.strength[sl])))
     jax.block_until_ready([c["identity"] for c in chunks])
     timings["encode_s"] = time.perf_counter() - start

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from idjax import diffusion, layout, losses
-from idjax.conditioning import encode_references
+from idjax.conditioning import encode_references, reference_canvas
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
 from idjax.train.state import TrainState, apply_gradients, make_optimizer
@@ -62,11 +62,21 @@ def make_train_step(config, model, encoder, autoencoder=None):
   def prepare(state, batch, frozen):
     """Inputs of the loss for the whole batch (nothing here is differentiated)."""
     x0 = diffusion.to_model_space(batch["frames"])
+    frame_height, frame_width = x0.shape[2:4]
+    to_model = lambda x: x
     if autoencoder is not None:
-      x0 = jax.lax.stop_gradient(autoencoder.encode(frozen["autoencoder"], x0))
+      to_model = lambda x: jax.lax.stop_gradient(autoencoder.encode(frozen["autoencoder"], x))
+      x0 = to_model(x0)
     r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape)
     ref_emb, ref_fmap = encode_references(encoder, frozen["face"], batch["references"])
     char_valid = batch["character_valid"] & ~r["drop_identity"][:, None]
+    canvas = None
+    if model.reference_canvas:
+      # Without masks (mask dropout) there is no layout to draw the
+      # references in, as when sampling without boxes.
+      canvas = to_model(reference_canvas(
+          batch["references"], batch["reference_valid"],
+          char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width))
     # Masks from the boxes, exactly as sampling builds them from a layout.
     height, width = x0.shape[2:4]
     masks = layout.face_masks(batch["boxes"], height, width, xp=jnp)
@@ -77,12 +87,12 @@ def make_train_step(config, model, encoder, autoencoder=None):
         x0=x0, noise=r["noise"], t=r["t"], id_start=r["id_start"],
         text_tokens=jnp.where(r["drop_text"][:, None], 0, batch["text_tokens"]),
         ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
-        char_valid=char_valid, masks=masks, boxes=batch["boxes"])
+        char_valid=char_valid, masks=masks, boxes=batch["boxes"], canvas=canvas)
 
   def loss_fn(params, mb, frozen, dropout_key):
     x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], mb["t"])
     identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
-                              mb["char_valid"], mb["masks"])
+                              mb["char_valid"], mb["masks"], mb["canvas"])
     strength = jnp.ones_like(mb["t"])
     v_hat = model.apply({"params": params}, x_t, mb["t"], mb["text_tokens"], identity,
                         strength, deterministic=False, rngs={"dropout": dropout_key})

@@ -194,7 +194,11 @@ def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batche
   if jax.process_index() == 0:
     print(f"Video model parameters:\n{loop.param_table(setup.abstract_state.params)}", flush=True)
   if batches is None:
-    batches = GlobalBatches(make_source(config.data), global_batch_size=tc.batch_size,
+    try:
+      source = make_source(config.data)
+    except ValueError as e:  # data.* values that name no data (one sentence)
+      raise configlib.UsageError(f"{e}") from e
+    batches = GlobalBatches(source, global_batch_size=tc.batch_size,
                             seed=config.data.seed, mesh=mesh, rules=config.sharding.rules,
                             text_len=config.data.text_len)
   _, metrics = loop.run(

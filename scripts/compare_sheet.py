@@ -1,0 +1,82 @@
+"""A side-by-side contact sheet of several trained video models on held-out identities.
+
+  python scripts/compare_sheet.py --workdir runs/a/video --workdir runs/b/video \
+      --identities 4 --out docs/compare.png
+
+For each of the first N held-out identities of the eval protocol (the same
+clips `python -m idjax.eval` renders: seed 0, clip i), one row block: the
+first reference portrait and the real clip's frames on top, then each
+workdir's sample with that clip's prompt, references and face-box layout
+(seed 0). Models of different resolutions are shown at the largest one
+(nearest-neighbour upscaling, so a 32 px model's pixels stay visible).
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from idjax.data import world
+from idjax.eval import benchmark
+from idjax.sampling.generator import Generator
+
+
+def _upscale(frames, side):
+  """uint8 [T, h, w, 3] -> [T, side, side, 3], nearest neighbour."""
+  factor = side // frames.shape[1]
+  return frames.repeat(factor, axis=1).repeat(factor, axis=2)
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument(
+      "--workdir", action="append", required=True, help="a trained video workdir (repeat)"
+  )
+  p.add_argument("--identities", type=int, default=4)
+  p.add_argument("--frames", type=int, default=8)
+  p.add_argument("--out", required=True)
+  args = p.parse_args(argv)
+
+  gens = [Generator.from_workdir(w) for w in args.workdir]
+  side = max(g.resolution for g in gens)
+  # The real clips at the largest resolution, addressed as the eval addresses them.
+  cfg = benchmark.world_config(
+      gens[int(np.argmax([g.resolution for g in gens]))].config, args.frames
+  )
+  ids = world.split_identities("heldout", args.identities)
+  clips = [
+      world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])
+      for i in range(args.identities)
+  ]
+  rows = []
+  for clip in clips:
+    refs = clip["references"][0]
+    rows.append(np.concatenate([_upscale(refs[:1], side)[0]] + list(clip["frames"]), axis=1))
+    for g in gens:
+      out = g.generate(
+          [clip["prompt"]],
+          [[list(refs)]],
+          num_frames=args.frames,
+          seed=0,
+          layout=[[clip["boxes"][0]]],
+          progress=False,
+      )
+      frames = _upscale(out["frames"][0], side)
+      blank = np.full((side, side, 3), 255, np.uint8)
+      rows.append(np.concatenate([blank] + list(frames), axis=1))
+    rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
+  sheet = np.concatenate(rows[:-1], axis=0)
+  Image.fromarray(sheet).save(args.out)
+  print(
+      f"wrote {args.out}: per identity, the reference and real clip, then "
+      + ", ".join(args.workdir)
+  )
+
+
+if __name__ == "__main__":
+  main()
