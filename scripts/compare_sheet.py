@@ -12,14 +12,9 @@ workdir's sample with that clip's prompt, references and face-box layout
 """
 
 import argparse
-import os
-import sys
 
 import numpy as np
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from idjax.data import world
 from idjax.eval import benchmark

