@@ -4,12 +4,17 @@
   python bench/sample.py --config configs/tiny.py ...   # randomly initialised model
 
 Times `Generator.generate` (first step separately: it includes compilation)
-and prints one JSON line, also written to --out.
+and prints one JSON line, also written to --out. Memory: the process's peak
+resident set (on CPU the device memory is host memory: weights, XLA's
+buffers, the clip and its decode) and XLA's compiled memory analysis of one
+sampling step at this size (arguments, outputs, temporaries). Against frames:
+bench/sample_frames.py.
 """
 
 import argparse
 import json
 import os
+import resource
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -49,6 +54,27 @@ def random_generator(config_path, face_config_path, overrides):
   return Generator(config, params, fe, autoencoder=autoencoder)
 
 
+def record_first_step_call(gen) -> list:
+  """Makes `gen` hand its jitted sampling step, and the arguments of its first
+  call, to the returned list [step, args] (for XLA's memory analysis)."""
+  import jax
+  seen = []
+  build = gen._step_fn
+
+  def recording_step_fn(method, passes):
+    step = build(method, passes)
+
+    def call(*step_args):
+      if not seen:  # shapes and placements only: the state argument is donated
+        seen.extend([step, jax.tree.map(
+            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), step_args)])
+      return step(*step_args)
+    return call
+
+  gen._step_fn = recording_step_fn
+  return seen
+
+
 @configlib.exit_on_usage_error
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -82,7 +108,10 @@ def main(argv=None):
           for _ in range(args.batch)]
   kw = dict(num_frames=args.frames, steps=args.steps, sampler=args.sampler,
             identity_guidance=args.identity_guidance, progress=False)
+  first_call = record_first_step_call(gen)
   out = gen.generate(["a person"] * args.batch, refs, **kw)
+  step, step_args = first_call
+  analysis = step.lower(*step_args).compile().memory_analysis()
   t = out["timings"]
   frames = out["frames"].shape[1]
   steady = t["seconds_per_step_after_first"]
@@ -93,7 +122,12 @@ def main(argv=None):
       per_device_batch=gen.per_device_batch, first_step_s=t["first_step_s"],
       seconds_per_step=steady, total_s=t["sampling_s"],
       clips_per_s=args.batch / (steady * args.steps) if steady > 0 else None,
-      frames_per_s=args.batch * frames / (steady * args.steps) if steady > 0 else None)
+      frames_per_s=args.batch * frames / (steady * args.steps) if steady > 0 else None,
+      # ru_maxrss is in KiB on Linux.
+      peak_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      step_argument_bytes=int(analysis.argument_size_in_bytes),
+      step_output_bytes=int(analysis.output_size_in_bytes),
+      step_temp_bytes=int(analysis.temp_size_in_bytes))
   print(json.dumps(result))
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out + ".tmp", "w") as f:

@@ -91,3 +91,19 @@ def test_drift_plot_is_a_png_with_one_line_per_variant(tmp_path):
     assert (np.abs(pixels - colour).max(-1) <= 10).sum() > 100
   with pytest.raises(ValueError, match="no series"):
     drift.drift_figure({})
+
+
+def test_frame_jumps_find_a_cut_the_face_would_hide():
+  # A slow fade (1 level per frame) with a cut of 40 levels at every seam.
+  t = np.arange(12, dtype=np.float64)
+  level = t + 40.0 * (t >= 4) + 40.0 * (t >= 8)
+  frames = np.broadcast_to(level[:, None, None, None], (12, 3, 5, 3))
+  got = drift.frame_jumps(frames.astype(np.uint8), [4, 8])
+  assert got["seam"] == pytest.approx(41.0) and got["within"] == pytest.approx(1.0)
+  assert got["ratio"] == pytest.approx(41.0)
+  # No seams: all pairs are within; a constant clip changes by nothing.
+  assert drift.frame_jumps(frames, [])["seam"] is None
+  still = drift.frame_jumps(np.zeros((5, 2, 2, 3)), [2])
+  assert still["seam"] == 0.0 and still["within"] == 0.0 and still["ratio"] is None
+  with pytest.raises(ValueError, match="seam frames must lie in 1..11"):
+    drift.frame_jumps(frames, [12])

@@ -70,3 +70,75 @@ def test_bad_input_exits_2_with_one_sentence_and_keeps_files(workdir, tmp_path, 
     assert out.read_text() == "mine"
   else:
     assert not out.exists()
+
+
+def test_long_clip_rows_made_in_chunks_and_their_seams(workdir, tmp_path):
+  out = tmp_path / "long.json"
+  args = "--num-identities 1 --frames 12 --chunk-frames 6 --context-frames 2 --no-progress"
+  proc = run_module(MODULE, "--workdir", workdir, "--out", str(out), *args.split())
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads(out.read_text())
+  chunked, naive = "chunked (6 frames, 2 context)", "naive (6 frames, no context)"
+  assert list(result["rows"])[-3:] == [chunked, naive, "floor"]
+  # Chunks of 6 frames whose first 2 repeat the last made: new frames at 6 and
+  # 10; independent chunks: at 6. Rows not made in chunks: the chunked row's.
+  assert set(result["seams"]) == set(result["rows"])
+  for name, seam in result["seams"].items():
+    assert seam["seam_frames"] == ([6] if name == naive else [6, 10]), name
+    assert seam["num_seams"] == len(seam["seam_frames"])
+    assert seam["seam_gap"] == pytest.approx(seam["within"] - seam["seam"], abs=1e-12), name
+    assert f"seams {seam['seam']:.4f} vs within {seam['within']:.4f}" in proc.stdout, name
+    assert seam["pixel_jump_seam"] >= 0 and seam["pixel_jump_within"] >= 0, name
+  assert all(len(v) == 12 for v in result["face_sim_per_frame"].values())
+  assert os.path.getsize(tmp_path / "long_drift.png") > 0
+
+
+def test_chunked_rows_go_through_extend_one_clip_each():
+  from idjax.eval.__main__ import ChunkedOrOneShot
+
+  calls = []
+
+  class OneShot:
+    config = object()
+
+    def generate(self, prompts, references, **kwargs):
+      calls.append(("generate", len(prompts), kwargs["seed"]))
+      return dict(frames=np.zeros((len(prompts), 4, 2, 2, 3), np.uint8))
+
+  def extend(generator, prompt, references, num_frames, **kwargs):
+    calls.append(("extend", prompt, kwargs["seed"], kwargs["layout"], kwargs["context_frames"]))
+    frame = np.full((num_frames, 2, 2, 3), len(calls), np.uint8)
+    return dict(frames=frame, chunk_starts=[3])
+
+  g = ChunkedOrOneShot(OneShot(), extend)
+  out = g.generate(["a", "b"], [[], []], num_frames=5, seed=7, layout=[["L0"], ["L1"]])
+  assert out["frames"].shape == (2, 4, 2, 2, 3) and calls == [("generate", 2, 7)]
+  out = g.generate(
+      ["a", "b"],
+      [[], []],
+      num_frames=5,
+      seed=7,
+      layout=[["L0"], ["L1"]],
+      chunk_frames=3,
+      context_frames=1,
+  )
+  # One extend per clip, each with its own seed and layout, stacked in order.
+  assert calls[1:] == [("extend", "a", 7, ["L0"], 1), ("extend", "b", 8, ["L1"], 1)]
+  assert out["chunk_starts"] == [3]
+  np.testing.assert_array_equal(out["frames"][:, 0, 0, 0, 0], [2, 3])
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ("--chunk-frames 4", "--chunk-frames needs --frames"),
+        ("--frames 8 --chunk-frames 8", "--chunk-frames must lie in 1..7"),
+        ("--frames 8 --chunk-frames 4 --context-frames 4", "--context-frames must lie in 1..3"),
+        ("--frames 8 --context-frames 2", "--context-frames needs --chunk-frames"),
+    ],
+)
+def test_chunk_options_are_checked(tmp_path, args, needle):
+  out = tmp_path / "t.json"
+  proc = run_module(MODULE, "--workdir", str(tmp_path), "--out", str(out), *args.split())
+  assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+  assert len(error_lines(proc)) == 1 and not out.exists()

@@ -33,6 +33,7 @@ LAYERS = (
             "idjax.rng",
             "idjax.sharding",
             "idjax.video_io",
+            "idjax.weight_files",
         ),
     ),
     ("data", ("idjax.data",)),

@@ -15,12 +15,21 @@ Beside the JSON it writes PNG plots (`plots.py`), named after --out:
 (FaceSim per variant between floor and ceiling) and, with --strengths,
 <stem>_strength.png (FaceSim and diversity against identity_strength).
 --no-plots skips them.
+
+Long video (issue 13): --frames 240 --chunk-frames 32 --context-frames 8 adds
+two rows made chunk by chunk with `sampling.extend`: "chunked" (each chunk
+after the first starts from the last 8 frames made, as clean context) and
+"naive" (independent chunks, no context), beside the one-shot rows. The
+drift lines then give each row's seam consistency at the chunk seams (for
+one-shot rows, at the same frames), and <stem>_drift.png marks the seams.
 """
 
 import argparse
 import json
 import os
 import sys
+
+import numpy as np
 
 from idjax import config_rules, configlib, paths
 
@@ -45,6 +54,10 @@ def parse_args(argv):
   p.add_argument("--out", default=None, help="JSON path (default WORKDIR/eval.json)")
   p.add_argument("--frames", "--num-frames", type=int, default=None,
                  help="frames per clip; given, the drift numbers and <stem>_drift.png follow")
+  p.add_argument("--chunk-frames", type=int, default=None,
+                 help="with --frames: add chunked and naive rows made in chunks of this many frames")
+  p.add_argument("--context-frames", type=int, default=None,
+                 help="clean context frames per later chunk (default chunk_frames // 4)")
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--sampler", choices=("euler", "heun"), default=None)
   p.add_argument("--identity-strength", type=float, default=None)
@@ -65,6 +78,19 @@ def parse_args(argv):
     raise configlib.UsageError(f"--num-identities must be >= 1, got {args.num_identities}.")
   if args.frames is not None and args.frames < 1:
     raise configlib.UsageError(f"--frames must be >= 1, got {args.frames}.")
+  if args.chunk_frames is not None:
+    if args.frames is None:
+      raise configlib.UsageError("--chunk-frames needs --frames (the whole clip's length).")
+    if not 1 <= args.chunk_frames < args.frames:
+      raise configlib.UsageError(
+          f"--chunk-frames must lie in 1..{args.frames - 1} (below --frames), got {args.chunk_frames}.")
+    if args.context_frames is None:
+      args.context_frames = args.chunk_frames // 4
+    if not 1 <= args.context_frames < args.chunk_frames:
+      raise configlib.UsageError(f"--context-frames must lie in 1..{args.chunk_frames - 1}, "
+                                 f"got {args.context_frames}.")
+  elif args.context_frames is not None:
+    raise configlib.UsageError("--context-frames needs --chunk-frames.")
   if args.steps is not None and args.steps < 1:
     raise configlib.UsageError(f"--steps must be >= 1, got {args.steps}.")
   args.strengths = _floats(args.strengths, "strengths")
@@ -91,7 +117,34 @@ def build_variants(args, num_references):
     if not 1 <= k <= num_references:
       raise configlib.UsageError(f"--reference-counts: {k} is outside 1..{num_references}.")
     variants[f"refs+text, {k} reference(s)"] = dict(common, num_references=k)
+  if args.chunk_frames is not None:
+    c, m = args.chunk_frames, args.context_frames
+    variants[f"chunked ({c} frames, {m} context)"] = dict(common, chunk_frames=c, context_frames=m)
+    variants[f"naive ({c} frames, no context)"] = dict(common, chunk_frames=c, context_frames=0)
   return variants
+
+
+class ChunkedOrOneShot:
+  """A Generator whose `generate` makes a variant with `chunk_frames` clip by
+  clip through `sampling.extend.extend` (the rest as the Generator does),
+  returning the seams as `chunk_starts`; what `benchmark.evaluate` calls."""
+
+  def __init__(self, generator, extend_fn):
+    self.generator, self.extend_fn = generator, extend_fn
+    self.config = generator.config
+
+  def generate(self, prompts, references, *, num_frames, seed, layout, progress=False,
+               chunk_frames=None, context_frames=None, **kwargs):
+    if chunk_frames is None:
+      return self.generator.generate(prompts, references, num_frames=num_frames, seed=seed,
+                                     layout=layout, progress=progress, **kwargs)
+    # One seed per clip, as Generator.generate derives one per prompt.
+    clips = [self.extend_fn(self.generator, p, r, num_frames, chunk_frames=chunk_frames,
+                            context_frames=context_frames, seed=seed + i, layout=lay,
+                            progress=progress, **kwargs)
+             for i, (p, r, lay) in enumerate(zip(prompts, references, layout))]
+    return dict(frames=np.stack([c["frames"] for c in clips]),
+                chunk_starts=clips[0]["chunk_starts"])
 
 
 def plot_targets(out, strengths: bool) -> dict:
@@ -116,6 +169,7 @@ def main(argv=None):
   from idjax.eval import probe as probe_lib
   from idjax.face.frozen import FrozenFaceEncoder
   from idjax.sampling import memory
+  from idjax.sampling.extend import extend
   from idjax.sampling.generator import Generator, resolve_path
   from idjax.video_io import write_json
   try:
@@ -135,7 +189,7 @@ def main(argv=None):
   probe_dir = (args.probe_workdir
                or os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "probe"))
   probe = probe_lib.load_or_train(probe_dir)
-  result = benchmark.evaluate(generator, eval_encoder, args.num_identities, args.seed,
+  result = benchmark.evaluate(ChunkedOrOneShot(generator, extend), eval_encoder, args.num_identities, args.seed,
                               variants, num_frames=args.frames, progress=not args.no_progress,
                               probe=probe)
   result["workdir"] = os.path.abspath(args.workdir)
@@ -147,8 +201,14 @@ def main(argv=None):
                      for name, values in result["face_sim_per_frame"].items()}
   print(benchmark.format_table(result))
   for name, row in result["drift"].items():
+    seam = result["seams"].get(name)
+    seam_text = "" if seam is None else (
+        f"; seams {seam['seam']:.4f} vs within {seam['within']:.4f} "
+        f"(gap {seam['seam_gap']:+.4f}, {seam['num_seams']} seams); pixel change "
+        f"{seam['pixel_jump_seam']:.2f} levels across seams vs {seam['pixel_jump_within']:.2f} within")
     print(f"{name}: drift {row['slope_per_100']:+.4f} FaceSim per 100 frames, "
-          f"last - first 10% {row['end_minus_start']:+.4f} ({row['num_frames']} frames)")
+          f"last - first 10% {row['end_minus_start']:+.4f} ({row['num_frames']} frames)"
+          + seam_text)
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   write_json(out, json.dumps(result, indent=2, sort_keys=False))
   # The JSON before the plots, so a plot that fails loses no evaluation; its
@@ -158,6 +218,7 @@ def main(argv=None):
     print(f"wrote {path}")
   if drift_path:
     drift.write_drift_plot(drift_path, result["face_sim_per_frame"],
+                           starts=next(iter(result["seams"].values()), {}).get("seam_frames", []),
                            title=f"FaceSim per frame, mean over {args.num_identities} identities")
     print(f"wrote {drift_path}")
   print(f"wrote {out}")

@@ -46,7 +46,7 @@ import time
 import numpy as np
 
 from idjax.data import world
-from idjax.eval import metrics
+from idjax.eval import drift, metrics
 from idjax.eval import probe as probe_lib
 from idjax.eval import realism
 
@@ -120,7 +120,13 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
     names correctly among the N identities; for "floor" it is how often
     someone else is taken for the person); per_identity: lists of FaceSim;
     face_sim_per_frame: {row name: [T] FaceSim of frame t, mean over the
-    identities} (in the order of rows);
+    identities} (in the order of rows); seams: when a variant is made in
+    chunks (its `generate` returns `chunk_starts`, the first new frame of
+    every chunk after the first), {row name: dict(seam_frames,
+    drift.seam_consistency's numbers and pixel_jump_seam / pixel_jump_within
+    (drift.frame_jumps), means over the identities)} for every row: a
+    chunked row at its own seams, the others at the first chunked row's
+    (one-shot and real clips at the same frames, for comparison); else {};
     position / position_32: {variant: (FaceSim - floor) / (ceiling - floor)}
     at the clip's resolution / at 32x32; realism (see `_realism`);
     done_when (see `done_when`); identities, prompts, timings).
@@ -148,7 +154,7 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   # name -> per identity, (frames, boxes) of the clip scored against refs[i].
   scored = {"ceiling": [(clips[i]["frames"], boxes[i]) for i in range(n)],
             "floor": [(clips[i + 1]["frames"], clips[i + 1]["boxes"][0]) for i in range(n)]}
-  timings = {}
+  timings, chunk_starts = {}, {}
   for name, kwargs in variants.items():
     kwargs = dict(kwargs)
     k = kwargs.pop("num_references", None)
@@ -158,14 +164,25 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
                              layout=[[b] if r else [] for b, r in zip(boxes, references)],
                              progress=progress, **kwargs)
     timings[name] = time.perf_counter() - start
+    if "chunk_starts" in out:
+      chunk_starts[name] = list(out["chunk_starts"])
     scored[name] = [(np.asarray(out["frames"][i]), boxes[i]) for i in range(n)]
 
   ref_embs = [scorer.embed_references(r) for r in refs]
   ref_means = np.stack([metrics.reference_mean(e) for e in ref_embs])
-  per_identity, per_frame = {}, {}
+  per_identity, per_frame, seams = {}, {}, {}
   for name, pairs in scored.items():
     rows_i, embs = zip(*[_score(scorer, frames, b, ref_embs[i])
                          for i, (frames, b) in enumerate(pairs)])
+    if chunk_starts:  # a row made in chunks at its seams, every other row at the first one's
+      starts = chunk_starts.get(name, next(iter(chunk_starts.values())))
+      per_clip = [drift.seam_consistency(e, starts) for e in embs]
+      jumps = [drift.frame_jumps(frames, starts) for frames, _ in pairs]
+      seams[name] = dict({k: float(np.mean([c[k] for c in per_clip]))
+                          for k in ("seam", "within", "seam_gap")},
+                         seam_frames=starts, num_seams=len(starts),
+                         pixel_jump_seam=float(np.mean([j["seam"] for j in jumps])),
+                         pixel_jump_within=float(np.mean([j["within"] for j in jumps])))
     per_frame[name] = np.mean([metrics.face_sim(e, r) for e, r in zip(embs, ref_embs)],
                               axis=0).tolist()
     for row, hit in zip(rows_i, metrics.identification(np.stack(embs), ref_means)):
@@ -187,6 +204,7 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
       rows=rows, position=positions("face_sim"), position_32=positions("face_sim_32"),
       per_identity={k: [r["face_sim"] for r in v] for k, v in per_identity.items()},
       face_sim_per_frame={name: per_frame[name] for name in rows},
+      seams={name: seams[name] for name in rows if name in seams},
       realism=_realism(scorer, probe, *_real_sets(cfg, seed, ids[:n], len(ids)),
                        {name: (np.stack([f for f, _ in scored[name]]), np.stack(boxes))
                         for name in variants}, ids[:n]),

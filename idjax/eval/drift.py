@@ -13,6 +13,9 @@ of FaceSim per frame, one line per variant.
                    boundaries (frame b-1 to frame b, b the first new frame of
                    a chunk), against the same within chunks; `seam_gap` is
                    within - seam (positive: the seams are visible).
+  frame_jumps      the same for the pixels: mean absolute change of adjacent
+                   frames across seams against within chunks (a jump of the
+                   background or the lighting that leaves the face alone).
 """
 
 import math
@@ -101,6 +104,35 @@ def seam_consistency(emb, starts) -> dict:
   within = float(sims[~at_seam].mean()) if (~at_seam).any() else None
   gap = None if seam is None or within is None else within - seam
   return dict(seam=seam, within=within, seam_gap=gap, num_seams=len(starts))
+
+
+def frame_jumps(frames, starts) -> dict:
+  """Pixel change between adjacent frames across seams against within chunks.
+
+  A seam can keep the face (its embedding barely moves) and still jump: the
+  background, the lighting or the head's outline changing at once. This is
+  the mean absolute difference of adjacent frames, in 0..255 levels.
+
+  Args:
+    frames: [T, H, W, C] (uint8 or float, same scale).
+    starts: frame indices b (0 < b < T) where a new chunk's frames begin.
+
+  Returns:
+    dict(seam: mean |frame b - frame b-1| over the seams, within: the same
+    over every other adjacent pair, ratio: seam / within). None where there
+    is no such pair.
+  """
+  frames = np.asarray(frames, np.float64)
+  change = np.abs(frames[1:] - frames[:-1]).reshape(len(frames) - 1, -1).mean(axis=1)
+  starts = sorted({int(b) for b in starts})
+  if any(not 0 < b < len(frames) for b in starts):
+    raise ValueError(f"seam frames must lie in 1..{len(frames) - 1}, got {starts}.")
+  at_seam = np.zeros(len(change), bool)
+  at_seam[[b - 1 for b in starts]] = True
+  seam = float(change[at_seam].mean()) if at_seam.any() else None
+  within = float(change[~at_seam].mean()) if (~at_seam).any() else None
+  ratio = seam / within if seam is not None and within else None
+  return dict(seam=seam, within=within, ratio=ratio)
 
 
 def drift_report(face_sim, emb=None, starts=(), fraction: float = 0.1) -> dict:

@@ -15,7 +15,6 @@ The workdir then loads with `FrozenFaceEncoder.from_workdir` like a trained one.
 """
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from idjax import restore
+from idjax import restore, weight_files
 
 LAYERS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3),
           100: (3, 13, 30, 3)}
@@ -102,33 +101,12 @@ class IResNet(nn.Module):
 # ------------------------------------------------------------- weights
 
 
-def read_safetensors(path) -> dict:
-  """{name: np.ndarray} of a .safetensors file (8-byte header size, JSON
-  header of dtype/shape/offsets, raw little-endian data)."""
-  dtypes = {"F32": np.float32, "F16": np.float16, "F64": np.float64,
-            "I64": np.int64, "I32": np.int32}
-  with open(path, "rb") as f:
-    header_size = int.from_bytes(f.read(8), "little")
-    header = json.loads(f.read(header_size))
-    data = f.read()
-  tensors = {}
-  for name, info in header.items():
-    if name == "__metadata__":
-      continue
-    if info["dtype"] not in dtypes:
-      raise ValueError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}.")
-    start, stop = info["data_offsets"]
-    tensors[name] = np.frombuffer(data[start:stop], dtypes[info["dtype"]]).reshape(
-        info["shape"])
-  return tensors
-
-
 def load_state_dict(path) -> dict:
   if path.endswith(".npz"):
     with np.load(path, allow_pickle=False) as f:
       return {k: f[k] for k in f.files}
   if path.endswith(".safetensors"):
-    return read_safetensors(path)
+    return {k: np.asarray(v) for k, v in weight_files.read_safetensors(path).items()}
   raise ValueError(f"{path}: expected a .npz or .safetensors state dict.")
 
 

@@ -30,13 +30,16 @@ def resolve_implementation(name: str):
   return name
 
 
-def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation="xla"):
+def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation="xla",
+                          query_block=None):
   """softmax(q k^T / sqrt(H)) v, zero where a query row has no allowed key.
 
   Args:
     q: [B, Lq, N, H]; k, v: [B, Lk, N, H].
     mask: bool, broadcastable to [B, N, Lq, Lk]; True = may attend.
     is_causal: query i sees keys j <= i (Lq == Lk).
+    query_block: with XLA and no causal mask, attend this many query rows at
+      a time when Lq is longer (see `_attend_query_blocks`); None: all at once.
   Returns:
     [B, Lq, N, H]. A query whose keys are all masked gets exactly zero (the
     softmax alone would give NaN or a uniform average of masked values); this
@@ -55,6 +58,8 @@ def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation
     attend_mask = mask | ~any_key
   if implementation == "cudnn":
     out = _attend_even_lengths(q, k, v, attend_mask, is_causal, implementation)
+  elif query_block is not None and q.shape[1] > query_block and not is_causal:
+    out = _attend_query_blocks(q, k, v, attend_mask, query_block)
   else:
     out = jax.nn.dot_product_attention(
         q, k, v, mask=attend_mask, is_causal=is_causal, implementation=implementation)
@@ -62,6 +67,33 @@ def dot_product_attention(q, k, v, mask=None, *, is_causal=False, implementation
     keep = jnp.transpose(any_key[..., 0], (0, 2, 1))[..., None]  # [B, Lq, N, 1]
     out = jnp.where(keep, out, jnp.zeros_like(out))
   return out
+
+
+def _attend_query_blocks(q, k, v, mask, block):
+  """XLA attention `block` query rows at a time (a sequential lax.map).
+
+  XLA's attention holds the whole [B, N, Lq, Lk] score matrix, so memory is
+  quadratic in the sequence: temporal attention over a 480-frame clip took
+  476 MiB of step temporaries for the demo model, against 126 at 240
+  (bench/sample_frames.py). Blocks of query rows keep [B, N, block, Lk] at a
+  time, linear in Lk. Each row's softmax is its own, so the result is the
+  same attention (to float rounding: XLA fuses the blocked form otherwise);
+  the queries are padded to a whole number of blocks, the pad rows sliced
+  away.
+  """
+  b, lq, n, h = q.shape
+  blocks = -(-lq // block)
+  pad = blocks * block - lq
+  q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
+  q = jnp.moveaxis(q.reshape(b, blocks, block, n, h), 1, 0)
+  if mask is None:
+    out = jax.lax.map(lambda qb: jax.nn.dot_product_attention(qb, k, v), q)
+  else:
+    mask = jnp.broadcast_to(mask, (b, n, lq, k.shape[1]))
+    mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
+    mask = jnp.moveaxis(mask.reshape(b, n, blocks, block, k.shape[1]), 2, 0)
+    out = jax.lax.map(lambda a: jax.nn.dot_product_attention(a[0], k, v, mask=a[1]), (q, mask))
+  return jnp.moveaxis(out, 0, 1).reshape(b, blocks * block, n, h)[:, :lq]
 
 
 def _attend_even_lengths(q, k, v, mask, is_causal, implementation):
@@ -135,6 +167,7 @@ class Attention(nn.Module):
   param_dtype: Any = jnp.float32
   implementation: str = "xla"
   zero_init_out: bool = False
+  query_block: int | None = None  # see dot_product_attention
 
   @nn.compact
   def __call__(self, x, context=None, mask=None, *, q_angles=None, k_angles=None,
@@ -166,7 +199,8 @@ class Attention(nn.Module):
     if k_angles is not None:
       k = rope.apply_rope(k, k_angles)
     attend = lambda k, v, m: dot_product_attention(
-        q, k, v, m, is_causal=is_causal, implementation=self.implementation)
+        q, k, v, m, is_causal=is_causal, implementation=self.implementation,
+        query_block=self.query_block)
     if group_weights is None:
       out = attend(k, v, mask)
     else:

@@ -92,6 +92,13 @@ class SpatialAttention(nn.Module):
     return x + gate[:, None, None, :] * einops.rearrange(h, "(b t) p d -> b t p d", b=b)
 
 
+# Frames per block of temporal attention's queries on long clips (XLA): the
+# one attention whose length grows with the clip, so its score matrix would
+# grow with frames squared (attention._attend_query_blocks). Training clips
+# and default samples are shorter, so they attend all at once, as before.
+TEMPORAL_QUERY_BLOCK = 64
+
+
 class TemporalAttention(nn.Module):
   """x [B,T,P,D] -> x + gate * attention across frames at each location (RoPE on t).
 
@@ -114,8 +121,9 @@ class TemporalAttention(nn.Module):
     h = einops.rearrange(h, "b t p d -> (b p) t d")
     angles = rope.rope_angles(rope.grid_positions(t), x.shape[-1] // self.num_heads)
     h = attention.Attention(self.num_heads, implementation=self.implementation, name="attn",
-                            **kw)(h, q_angles=angles, k_angles=angles,
-                                  is_causal=self.temporal_causal)
+                            query_block=TEMPORAL_QUERY_BLOCK, **kw)(
+                                h, q_angles=angles, k_angles=angles,
+                                is_causal=self.temporal_causal)
     x = x + gate[:, None, None, :] * einops.rearrange(h, "(b p) t d -> b t p d", b=b)
     return nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
 

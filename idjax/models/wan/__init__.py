@@ -1,0 +1,1 @@
+"""Wan 2.1 in Flax: the video VAE and the DiT, read from diffusers-format weight folders."""
