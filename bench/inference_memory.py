@@ -55,7 +55,7 @@ def _bytes(tree):
   return sum(math.prod(a.shape) * a.dtype.itemsize for a in jax.tree.leaves(tree))
 
 
-def _per_device_bytes(abstract):
+def per_device_bytes(abstract):
   """Bytes of the shards each device holds, {device id: bytes}."""
   import jax
 
@@ -109,7 +109,7 @@ def main(argv=None):
   # Parameters: where the sharded restore puts them.
   abstract = generator_lib.abstract_params(config, fe, side, mesh)
   total = _bytes(abstract)
-  per_device = _per_device_bytes(abstract)
+  per_device = per_device_bytes(abstract)
   sharded = sum(
       _bytes(a)
       for a in jax.tree.leaves(abstract)

@@ -48,6 +48,7 @@ def get_config():
 
   # --- model (owner: model) ---
   config.model = ml_collections.ConfigDict()
+  config.model.backbone = "idjax"        # the project's VideoDiT; "wan": configs/wan_tiny.py
   config.model.space = "pixel"           # "pixel" or "latent" (autoencoder_workdir's latents)
   config.model.channels = 3
   config.model.patch_size = (1, 4, 4)    # (frames, height, width)
@@ -83,6 +84,7 @@ def get_config():
   config.train.steps = 2000
   config.train.batch_size = 8
   config.train.grad_accum = 1
+  config.train.trainable = "all"         # or "adapters": only the identity path (frozen backbone)
   config.train.lr = 1e-3
   config.train.warmup_steps = 50
   config.train.weight_decay = 0.01

@@ -137,6 +137,7 @@ VIDEO = COMMON + (
     ("data.size", integer(1)),
     ("data.text_len", integer(1)),
     # model
+    ("model.backbone", one_of("idjax", "wan")),
     ("model.space", one_of("pixel", "latent")),
     ("model.channels", integer(1)),
     ("model.patch_size", integers(3)),
@@ -160,10 +161,17 @@ VIDEO = COMMON + (
     ("model.remat_policy", one_of(*REMAT_POLICIES)),
     ("model.param_dtype", one_of("float32", "bfloat16", "float16")),
     ("model.dtype", one_of("float32", "bfloat16", "float16")),
+    # model, Wan backbone only (configs/wan_tiny.py)
+    ("model.ffn_dim", integer(1)),
+    ("model.text_dim", integer(1)),
+    ("model.freq_dim", integer(2)),
+    ("model.text_input", one_of("tokens", "embeddings")),
+    ("model.backbone_param_dtype", one_of("float32", "bfloat16", "float16")),
     # train
     ("train.steps", integer(1)),
     ("train.batch_size", integer(1)),
     ("train.grad_accum", integer(1)),
+    ("train.trainable", one_of("all", "adapters")),
     ("train.lr", POSITIVE),
     ("train.warmup_steps", integer(0)),
     ("train.weight_decay", number(0.0)),
@@ -240,6 +248,15 @@ VIDEO_RELATIONS = (
      "model.width / model.num_heads (the head size) must be >= 4 for RoPE"),
     (("model.text_width", "model.num_heads"), lambda w, h: w % h == 0,
      "model.num_heads must divide model.text_width"),
+    (("model.backbone", "model.width", "model.num_heads"),
+     lambda b, w, h: b != "wan" or (w // h) % 2 == 0 and w // h >= 6,
+     "a Wan backbone's head size (model.width / model.num_heads) must be even and >= 6 "
+     "for its 3D RoPE"),
+    (("model.backbone", "model.prediction"), lambda b, p: b != "wan" or p == "velocity",
+     "a Wan backbone predicts velocity (model.prediction='velocity')"),
+    (("model.backbone", "model.reference_canvas"), lambda b, c: b != "wan" or not c,
+     "a Wan backbone reads no reference canvas (model.reference_canvas=False)"),
+    (("model.freq_dim",), lambda f: f % 2 == 0, "model.freq_dim must be even"),
     (("data.resolution", "model.patch_size"), lambda r, p: r % p[1] == 0 and r % p[2] == 0,
      "data.resolution must be divisible by the patch height and width"),
     (("data.num_frames", "model.patch_size"), lambda t, p: t % p[0] == 0,
@@ -266,6 +283,8 @@ VIDEO_RELATIONS = (
 # prediction models; an old saved config without the key was a velocity one).
 ABSENT_AS = {
     "autoencoder_workdir": "",       # needed only in latent space
+    "model.backbone": "idjax",       # before the Wan backbone
+    "train.trainable": "all",        # before frozen-backbone training
     "model.space": "pixel",          # before latent-space models
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas

@@ -9,7 +9,10 @@ Two workdir formats:
                  orbax checkpoint of the whole TrainState (written by
                  idjax/train/checkpoint.py). Inference reads only the
                  `ema_params` subtree (an orbax partial restore): the params,
-                 both Adam moments and the counters stay on disk.
+                 both Adam moments and the counters stay on disk. A run
+                 that froze its backbone (train.trainable = "adapters")
+                 keeps the EMA of the trained params only; the frozen ones,
+                 their own EMA, are read from `params` instead.
   frozen network WORKDIR/config.json and WORKDIR/params/, an orbax checkpoint
                  of the params alone (face encoders, the video autoencoder).
 
@@ -34,6 +37,7 @@ import os
 import re
 import sys
 
+from flax import traverse_util
 import flax.linen as nn
 import jax
 from jax.experimental import multihost_utils
@@ -48,6 +52,7 @@ CHECKPOINT_DIR = "checkpoints"
 PARAMS_DIR = "params"
 STATE_ITEM = "state"  # the item name of the TrainState in a checkpoint step
 EMA_PARAMS = "ema_params"  # the TrainState field inference reads
+PARAMS = "params"  # where the frozen params of an adapters-only run are read
 
 
 # --- configs ---------------------------------------------------------------
@@ -311,16 +316,44 @@ def _ema_reader(workdir) -> ocp.CheckpointManager:
   )
 
 
+def split_by(tree, like):
+  """(the leaves of nested dicts `tree` at the paths `like` has, the others),
+  each a pruned tree of the same nesting."""
+  paths = set(traverse_util.flatten_dict(like))
+  flat = traverse_util.flatten_dict(tree)
+  pick = lambda inside: traverse_util.unflatten_dict(
+      {p: leaf for p, leaf in flat.items() if (p in paths) == inside}
+  )
+  return pick(True), pick(False)
+
+
+def complete_ema(ema, params):
+  """The EMA of every param: `ema`, with the leaves it lacks (params frozen
+  in training, whose EMA is themselves) taken from `params`."""
+  flat = traverse_util.flatten_dict(params)
+  flat.update(traverse_util.flatten_dict(ema))
+  return traverse_util.unflatten_dict(flat)
+
+
 def restore_ema_step(manager, step, abstract):
   """The `ema_params` saved at `step`, each array read straight into the
   sharding of its ShapeDtypeStruct in `abstract`; no other array of the
-  TrainState is read. UsageError if the stored EMA does not fit `abstract`."""
+  TrainState is read, except the frozen params of a run that kept the EMA
+  of its adapters only (module docstring). UsageError if the stored arrays
+  do not fit `abstract`."""
   check_state_folder(manager, step)
   stored = manager.item_metadata(step)[STATE_ITEM]
   stored = getattr(stored, "tree", stored)
   if not isinstance(stored, dict) or EMA_PARAMS not in stored:
     raise Unreadable(f"its {STATE_ITEM} holds no {EMA_PARAMS}")
+  want = {EMA_PARAMS: abstract}
   detail = _mismatch(stored[EMA_PARAMS], abstract)
+  ema_part, frozen_part = split_by(abstract, stored[EMA_PARAMS])
+  if frozen_part and ema_part and PARAMS in stored:
+    want = {EMA_PARAMS: ema_part, PARAMS: frozen_part}
+    detail = _mismatch(
+        {EMA_PARAMS: stored[EMA_PARAMS], PARAMS: split_by(stored[PARAMS], frozen_part)[0]}, want
+    )
   if detail:
     raise configlib.UsageError(
         f"The EMA params at step {step} in {os.fspath(manager.directory)} do not fit the model "
@@ -328,21 +361,19 @@ def restore_ema_step(manager, step, abstract):
     )
   restore_args = jax.tree.map(
       lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
-      abstract,
+      want,
   )
   out = manager.restore(
       step,
       args=ocp.args.Composite(
           **{
               STATE_ITEM: ocp.args.PyTreeRestore(
-                  item={EMA_PARAMS: abstract},
-                  restore_args={EMA_PARAMS: restore_args},
-                  partial_restore=True,
+                  item=want, restore_args=restore_args, partial_restore=True
               )
           }
       ),
-  )
-  return out[STATE_ITEM][EMA_PARAMS]
+  )[STATE_ITEM]
+  return complete_ema(out[EMA_PARAMS], out[PARAMS]) if PARAMS in want else out[EMA_PARAMS]
 
 
 def restore_ema(workdir, abstract, *, log=None):

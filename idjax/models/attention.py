@@ -86,13 +86,16 @@ def _attend_query_blocks(q, k, v, mask, block):
   pad = blocks * block - lq
   q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
   q = jnp.moveaxis(q.reshape(b, blocks, block, n, h), 1, 0)
+  # Rematerialised, so the backward pass keeps each block's inputs, not its
+  # scores: otherwise the saved residuals are the whole score matrix again.
+  attend = jax.checkpoint(lambda qb, mb: jax.nn.dot_product_attention(qb, k, v, mask=mb))
   if mask is None:
-    out = jax.lax.map(lambda qb: jax.nn.dot_product_attention(qb, k, v), q)
+    out = jax.lax.map(lambda qb: attend(qb, None), q)
   else:
     mask = jnp.broadcast_to(mask, (b, n, lq, k.shape[1]))
     mask = jnp.pad(mask, ((0, 0), (0, 0), (0, pad), (0, 0)), constant_values=True)
     mask = jnp.moveaxis(mask.reshape(b, n, blocks, block, k.shape[1]), 2, 0)
-    out = jax.lax.map(lambda a: jax.nn.dot_product_attention(a[0], k, v, mask=a[1]), (q, mask))
+    out = jax.lax.map(lambda a: attend(*a), (q, mask))
   return jnp.moveaxis(out, 0, 1).reshape(b, blocks * block, n, h)[:, :lq]
 
 

@@ -17,21 +17,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from idjax import config_rules
 from idjax.models import attention
 from idjax.models import blocks
 from idjax.models import identity as identity_lib
 from idjax.models import text as text_lib
-
-
-REMAT_POLICIES = {
-    "full": None,  # jax.checkpoint's default: save nothing, recompute all.
-    "dots_saveable": jax.checkpoint_policies.dots_saveable,
-    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "checkpoint_dots": jax.checkpoint_policies.checkpoint_dots,
-    "checkpoint_dots_with_no_batch_dims": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-    "everything_saveable": jax.checkpoint_policies.everything_saveable,
-    "nothing_saveable": jax.checkpoint_policies.nothing_saveable,
-}
+# Routing moved to identity.py (the Wan adapters route the same way); the
+# names stay importable from here.
+from idjax.models.identity import ROUTINGS, pool_masks, route_by_masks  # noqa: F401
+from idjax.models.remat import REMAT_POLICIES
+from idjax.models.wan.identity_dit import WanIdentityDiT
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
@@ -52,13 +47,6 @@ def block_class(remat_policy: str, scan_blocks: bool):
   # prevent_cse only matters outside scan (scan already blocks CSE).
   return nn.remat(blocks.DiTBlock, policy=REMAT_POLICIES[remat_policy],
                   prevent_cse=not scan_blocks)
-
-
-def pool_masks(face_masks, patch_size):
-  """Face masks [B, C, T, H, W] (pixels) -> coverage [B, T', P, C] in [0, 1]."""
-  pt, ph, pw = patch_size
-  return einops.reduce(face_masks.astype(jnp.float32),
-                       "b c (t pt) (h ph) (w pw) -> b t (h w) c", "mean", pt=pt, ph=ph, pw=pw)
 
 
 LAYOUT_CHANNELS = 3
@@ -113,21 +101,7 @@ def canvas_input(identity, strength, shape):
   return identity.ref_canvas.astype(jnp.float32) * on[:, None, None, None, None]
 
 
-ROUTINGS = ("hard", "soft", "none")
 PREDICTIONS = ("velocity", "clean")
-
-
-def route_by_masks(face_masks, tokens, valid, routing, patch_size):
-  """The routed identity context (see blocks.IdentityAttention).
-
-  "hard": a patch may attend to a character whose face covers >= half of it.
-  "soft": every valid character, weighted by its coverage of the patch.
-  """
-  coverage = pool_masks(face_masks, patch_size)                        # [B,T,P,C]
-  if routing == "hard":
-    return {"tokens": tokens, "allowed": (coverage >= 0.5) & valid[:, None, None, :]}
-  weights = coverage * valid[:, None, None, :].astype(coverage.dtype)
-  return {"tokens": tokens, "weights": weights, "valid": valid}
 
 
 class VideoDiT(nn.Module):
@@ -176,6 +150,10 @@ class VideoDiT(nn.Module):
   reference_canvas: bool
   dtype: str
   param_dtype: str
+
+  # Param scopes of the identity path, the "adapters" that
+  # train.trainable = "adapters" trains (train.state.trainable_filter).
+  adapter_scopes = ("identity", "character_bank")
 
   def __post_init__(self):
     # Configs are checked when loaded (idjax/config_rules.py); this catches a
@@ -289,12 +267,9 @@ class VideoDiT(nn.Module):
 
   def _route(self, identity, tokens, valid, kw):
     """The identity context for the blocks (see DiTBlock's docstring)."""
-    if identity.face_masks is None or self.identity_routing == "none":
-      bank, mask = identity_lib.CharacterBank(self.max_characters, self.use_separator,
-                                              name="character_bank", **kw)(tokens, valid)
-      return {"bank": bank, "bank_mask": mask}
-    return route_by_masks(identity.face_masks, tokens, valid, self.identity_routing,
-                          self.patch_size)
+    return identity_lib.identity_context(
+        identity, tokens, valid, routing=self.identity_routing, patch_size=self.patch_size,
+        max_characters=self.max_characters, use_separator=self.use_separator, **kw)
 
 
 # Smallest t the clean-prediction conversion divides by (as in JiT, Li & He
@@ -319,16 +294,29 @@ def output_to_velocity(out, x, t, prediction: str):
   return (x.astype(jnp.float32) - out) / t
 
 
-def build_model(model_config) -> VideoDiT:
-  """The VideoDiT that a config's `model` section describes.
+BACKBONES = ("idjax", "wan")
+
+
+def build_model(model_config):
+  """The video model that a config's `model` section describes.
 
   The one place where config keys become module fields: every field is read
   from the key of its name, and none has a default here or in the module
   (configs/tiny.py sets them all; docs/architecture.md lists them). The
   section's other keys are read elsewhere: `space` by the trainer and the
   sampler, `channels` and `text_len` for the inputs (`dummy_inputs`).
+
+  `backbone` picks the model: "idjax", the project's VideoDiT (a config
+  saved before the key existed made one: config_rules.ABSENT_AS), or "wan",
+  the identity adapters on the Wan 2.1 DiT (wan.identity_dit.WanIdentityDiT;
+  configs/wan_tiny.py).
   """
   m = model_config
+  backbone = m.get("backbone", config_rules.ABSENT_AS["model.backbone"])
+  if backbone == "wan":
+    return _wan_identity_dit(m)
+  if backbone != "idjax":
+    raise ValueError(f"backbone must be one of {BACKBONES}, got {backbone!r}.")
   return VideoDiT(
       patch_size=tuple(int(p) for p in m.patch_size),
       width=m.width,
@@ -352,6 +340,41 @@ def build_model(model_config) -> VideoDiT:
       reference_canvas=m.reference_canvas,
       dtype=m.dtype,
       param_dtype=m.param_dtype)
+
+
+def _wan_identity_dit(m) -> WanIdentityDiT:
+  """WanIdentityDiT's fields from the keys of a "wan" model section (configs/wan_tiny.py).
+
+  The Wan backbone predicts velocity and reads no canvas; configs are
+  checked for that when loaded, a hand-built section here.
+  """
+  if m.prediction != "velocity" or m.reference_canvas:
+    raise ValueError("A Wan backbone predicts velocity and reads no reference canvas "
+                     f"(got prediction={m.prediction!r}, reference_canvas={m.reference_canvas}).")
+  if m.width % m.num_heads:
+    raise ValueError(f"num_heads={m.num_heads} must divide width={m.width}.")
+  return WanIdentityDiT(
+      patch_size=tuple(int(p) for p in m.patch_size),
+      num_heads=m.num_heads,
+      head_dim=m.width // m.num_heads,
+      channels=m.channels,
+      text_dim=m.text_dim,
+      freq_dim=m.freq_dim,
+      ffn_dim=m.ffn_dim,
+      num_layers=m.depth,
+      text_vocab_size=m.text_vocab_size if m.text_input == "tokens" else 0,
+      num_identity_tokens=m.num_identity_tokens,
+      identity_layers=m.identity_layers,
+      mlp_ratio=m.mlp_ratio,
+      reference_mode=m.reference_mode,
+      max_characters=m.max_characters,
+      use_separator=m.use_separator,
+      identity_routing=m.identity_routing,
+      attention_impl=m.attention_impl,
+      remat_policy=m.remat_policy,
+      dtype=m.dtype,
+      param_dtype=m.param_dtype,
+      backbone_param_dtype=m.backbone_param_dtype)
 
 
 def count_params(params) -> int:

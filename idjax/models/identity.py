@@ -1,4 +1,6 @@
-"""Identity tokens from frozen face-encoder features, and the character bank.
+"""Identity tokens from frozen face-encoder features, the character bank, and
+the routing that decides which video tokens see which character's tokens
+(`identity_context`, shared by VideoDiT and the Wan adapters).
 
 The frozen face encoder runs OUTSIDE the model; its outputs come in through
 `IdentityInputs`. Per reference, the keys are a linear projection of every
@@ -27,6 +29,7 @@ from idjax.models import blocks
 Array = Any
 
 REFERENCE_MODES = ("mean", "joint")
+ROUTINGS = ("hard", "soft", "none")
 
 
 @flax.struct.dataclass
@@ -179,3 +182,39 @@ class CharacterBank(nn.Module):
     bank = einops.rearrange(tokens, "b c q d -> b (c q) d")
     mask = einops.repeat(valid, "b c -> b (c q)", q=per_char)
     return bank, mask
+
+
+def pool_masks(face_masks, patch_size):
+  """Face masks [B, C, T, H, W] (pixels) -> coverage [B, T', P, C] in [0, 1]."""
+  pt, ph, pw = patch_size
+  return einops.reduce(face_masks.astype(jnp.float32),
+                       "b c (t pt) (h ph) (w pw) -> b t (h w) c", "mean", pt=pt, ph=ph, pw=pw)
+
+
+def route_by_masks(face_masks, tokens, valid, routing, patch_size):
+  """The routed identity context (see blocks.IdentityAttention).
+
+  "hard": a patch may attend to a character whose face covers >= half of it.
+  "soft": every valid character, weighted by its coverage of the patch.
+  """
+  coverage = pool_masks(face_masks, patch_size)                        # [B,T,P,C]
+  if routing == "hard":
+    return {"tokens": tokens, "allowed": (coverage >= 0.5) & valid[:, None, None, :]}
+  weights = coverage * valid[:, None, None, :].astype(coverage.dtype)
+  return {"tokens": tokens, "weights": weights, "valid": valid}
+
+
+def identity_context(identity: IdentityInputs, tokens, valid, *, routing, patch_size,
+                     max_characters, use_separator, dtype, param_dtype):
+  """What blocks.IdentityAttention reads (the `ident` dict of blocks.DiTBlock).
+
+  Routed by the face masks ("hard"/"soft"), or, without masks or with routing
+  "none", one character bank for a shared softmax. Call it inside the
+  model's compact method: the bank's params ("character_bank") are the
+  caller's.
+  """
+  if identity.face_masks is None or routing == "none":
+    bank, mask = CharacterBank(max_characters, use_separator, name="character_bank",
+                               dtype=dtype, param_dtype=param_dtype)(tokens, valid)
+    return {"bank": bank, "bank_mask": mask}
+  return route_by_masks(identity.face_masks, tokens, valid, routing, patch_size)

@@ -18,10 +18,10 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from idjax import configlib
+from idjax import config_rules, configlib
 # The read side is shared with inference (idjax.restore), which must not import the trainer.
 from idjax.restore import (CHECKPOINT_DIR, CONFIG_FILE, check_state_folder,  # noqa: F401
-                           read_saved_config, read_video_config as read_config,
+                           complete_ema, read_saved_config, read_video_config as read_config,
                            restore_newest)
 
 # Config entries that fix the shapes of the train state (or of the data it
@@ -57,10 +57,16 @@ def save(manager, state, *, force=False):
 
 
 def shape_signature(config) -> dict:
-  """The part of a config that must match for a checkpoint to be restorable."""
+  """The part of a config that must match for a checkpoint to be restorable.
+
+  Keys a saved config lacks read as they were before they existed
+  (config_rules.with_absent_keys); train.trainable decides what the
+  optimizer state and the EMA hold."""
+  config = config_rules.with_absent_keys(config)
   model = {k: v for k, v in config.model.to_dict().items() if k not in _RUNTIME_MODEL_KEYS}
   data = {k: config.data.get(k) for k in _SHAPE_DATA_KEYS}
-  return {"model": model, "data": data}
+  train = {"trainable": config_rules.lookup(config, "train.trainable", None)}
+  return {"model": model, "data": data, "train": train}
 
 
 def _normalise(value):
@@ -77,7 +83,7 @@ def check_compatible(saved_config, config) -> None:
   old, new = _normalise(shape_signature(saved_config)), _normalise(shape_signature(config))
   diffs = [f"{section}.{key}: checkpoint has {old[section].get(key)!r}, config has "
            f"{new[section].get(key)!r}"
-           for section in ("model", "data")
+           for section in ("model", "data", "train")
            for key in sorted(set(old[section]) | set(new[section]))
            if old[section].get(key) != new[section].get(key)]
   if diffs:
@@ -134,7 +140,10 @@ def load_inference(workdir):
     raise configlib.UsageError(
         f"{workdir} holds no checkpoint yet; train.py writes one every "
         f"{config.train.checkpoint_every} steps and at the end.")
-  return ml_collections.ConfigDict(config), restored["ema_params"]
+  ema = restored["ema_params"]
+  if jax.tree.structure(ema) != jax.tree.structure(restored["params"]):
+    ema = complete_ema(ema, restored["params"])  # an adapters-only run (see train.state)
+  return ml_collections.ConfigDict(config), ema
 
 
 def restore_tree(manager, step):

@@ -5,9 +5,17 @@ with `rng`, addresses every random draw and, with the data seed, every batch),
 params, their EMA, the optimizer state, and the non-finite counters. Both
 trainers (the video model's and the face encoder's) keep one and update it
 with `apply_gradients`.
+
+Frozen backbone (train.trainable = "adapters"): only the params a
+`trainable_filter` keeps are trained. The step differentiates just those
+(the backbone's weight gradients are never computed), and the optimizer
+state and the EMA hold just those, as a pruned tree of the same nested
+dicts: a frozen leaf's EMA is the leaf itself, so it is stored once, in
+`params` (readers complete the EMA from there: idjax.restore.restore_ema).
 """
 
 import flax
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
@@ -17,8 +25,10 @@ import optax
 class TrainState:
   step: jax.Array          # int32 [], steps taken (skipped ones included)
   params: dict
-  ema_params: dict | None  # None: a run without an EMA (the face encoder)
-  opt_state: optax.OptState
+  # None: a run without an EMA (the face encoder). Only the trained params'
+  # EMA: all of `params`, or the adapters' pruned tree (module docstring).
+  ema_params: dict | None
+  opt_state: optax.OptState  # of the trained params only
   rng: jax.Array           # uint32 [2], raw key data of the run's root key
   nonfinite: jax.Array     # int32 [], consecutive steps with a non-finite loss/grad
   skipped: jax.Array       # int32 [], total steps not applied
@@ -55,14 +65,55 @@ def make_optimizer(train_config):
   return optax.chain(optax.clip_by_global_norm(grad_clip), adamw), schedule
 
 
-def create_state(params, tx, seed: int, ema: bool = True) -> TrainState:
+def trainable_filter(trainable: str, model):
+  """None (train every param) or a predicate on param paths (tuples of
+  names) that is True for the params to train.
+
+  "adapters": the identity path, the params under a scope the model names
+  in its `adapter_scopes` (at any depth, so the per-block identity
+  attentions inside scanned blocks count).
+  """
+  if trainable == "all":
+    return None
+  if trainable != "adapters":
+    raise ValueError(f"train.trainable must be 'all' or 'adapters', got {trainable!r}.")
+  scopes = tuple(getattr(model, "adapter_scopes", ()))
+  if not scopes:
+    raise ValueError(f"{type(model).__name__} names no adapter params (adapter_scopes), so "
+                     "train.trainable='adapters' would train nothing.")
+  return lambda path: any(name in scopes for name in path)
+
+
+def partition(params, keep):
+  """(the leaves whose path `keep` accepts, the others) of nested dicts, each
+  as a pruned tree of the same nesting. Boxed (logically partitioned) leaves
+  stay boxed."""
+  flat = traverse_util.flatten_dict(params)
+  kept = {path: leaf for path, leaf in flat.items() if keep(path)}
+  rest = {path: leaf for path, leaf in flat.items() if not keep(path)}
+  return traverse_util.unflatten_dict(kept), traverse_util.unflatten_dict(rest)
+
+
+def merge(params, part):
+  """`params` with the leaves of the pruned tree `part` put in (added or replaced)."""
+  flat = traverse_util.flatten_dict(params)
+  flat.update(traverse_util.flatten_dict(part))
+  return traverse_util.unflatten_dict(flat)
+
+
+def create_state(params, tx, seed: int, ema: bool = True, trainable=None) -> TrainState:
   """A fresh state (`ema=False`: no EMA params). Works on boxed (logically
   partitioned) params too: optax maps over the boxes, so the Adam moments
   inherit the params' axis names and `nn.get_partition_spec` of the state
-  lays out every leaf."""
+  lays out every leaf.
+
+  `trainable`: a `trainable_filter` predicate (None: all params train); the
+  optimizer state and the EMA then cover only the params it keeps.
+  """
+  trained = params if trainable is None else partition(params, trainable)[0]
   return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, ema_params=params if ema else None,
-      opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(seed)),
+      step=jnp.zeros((), jnp.int32), params=params, ema_params=trained if ema else None,
+      opt_state=tx.init(trained), rng=jax.random.key_data(jax.random.key(seed)),
       nonfinite=jnp.zeros((), jnp.int32), skipped=jnp.zeros((), jnp.int32))
 
 
@@ -73,22 +124,30 @@ def ema_update(ema, params, decay):
 def apply_gradients(state: TrainState, tx, grads, loss, ema_decay=None):
   """One optax update of `state`, unless the loss or the gradient is not finite.
 
-  A non-finite step leaves params, EMA and optimizer state untouched and
-  counts in `nonfinite` (consecutive) and `skipped` (total); the step counter
-  moves on either way. The EMA (when the state has one) moves with `ema_decay`.
+  `grads` are for all params, or (frozen backbone) a pruned tree of the
+  trained ones; the other params are left as they are. A non-finite step
+  leaves params, EMA and optimizer state untouched and counts in `nonfinite`
+  (consecutive) and `skipped` (total); the step counter moves on either
+  way. The EMA (when the state has one) moves with `ema_decay`.
 
   Returns (new state, metrics: grad_norm, applied, nonfinite, skipped).
   """
+  everything = jax.tree.structure(grads) == jax.tree.structure(state.params)
+  trained = state.params
+  if not everything:
+    trained = partition(state.params, set(traverse_util.flatten_dict(grads)).__contains__)[0]
   grad_norm = optax.global_norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
+  updates, opt_state = tx.update(grads, state.opt_state, trained)
+  params = optax.apply_updates(trained, updates)
   keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   ema = state.ema_params
   if ema is not None:
     ema = keep(ema_update(ema, params, ema_decay), ema)
+  params = keep(params, trained)
   new_state = state.replace(
-      step=state.step + 1, params=keep(params, state.params), ema_params=ema,
+      step=state.step + 1, params=params if everything else merge(state.params, params),
+      ema_params=ema,
       opt_state=keep(opt_state, state.opt_state),
       nonfinite=jnp.where(ok, 0, state.nonfinite + 1),
       skipped=state.skipped + (~ok).astype(jnp.int32))

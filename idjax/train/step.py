@@ -16,7 +16,8 @@ from idjax import diffusion, layout, losses
 from idjax.conditioning import encode_references, reference_canvas
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
-from idjax.train.state import TrainState, apply_gradients, make_optimizer
+from idjax.train.state import (TrainState, apply_gradients, make_optimizer, merge, partition,
+                               trainable_filter)
 
 
 def draw_example_randomness(train_config, root, step, index, frames_shape):
@@ -50,6 +51,10 @@ def make_train_step(config, model, encoder, autoencoder=None):
   state, so they are never updated or checkpointed with the video model, and
   the step wraps them in stop_gradient.
 
+  With train.trainable = "adapters" only the identity path is differentiated
+  and updated (`state.trainable_filter`); the backbone's params enter the
+  loss as constants.
+
   With an `autoencoder` (config.model.space == "latent") the model diffuses
   the clip's latents: frames are encoded here (no gradient), masks are built
   at the latent grid, and the identity loss decodes the clean estimate's
@@ -58,6 +63,12 @@ def make_train_step(config, model, encoder, autoencoder=None):
   tc = config.train
   tx, schedule = make_optimizer(tc)
   lambda_id = float(tc.lambda_id)
+  # Configs saved before the key existed trained everything (config_rules.ABSENT_AS).
+  trainable = trainable_filter(tc.get("trainable", "all"), model)
+
+  def split(params):
+    """(the params that are differentiated, the fixed rest or None)."""
+    return (params, None) if trainable is None else partition(params, trainable)
 
   def prepare(state, batch, frozen):
     """Inputs of the loss for the whole batch (nothing here is differentiated)."""
@@ -89,7 +100,8 @@ def make_train_step(config, model, encoder, autoencoder=None):
         ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
         char_valid=char_valid, masks=masks, boxes=batch["boxes"], canvas=canvas)
 
-  def loss_fn(params, mb, frozen, dropout_key):
+  def loss_fn(trained, fixed, mb, frozen, dropout_key):
+    params = trained if fixed is None else merge(fixed, trained)
     x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], mb["t"])
     identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
                               mb["char_valid"], mb["masks"], mb["canvas"])
@@ -131,19 +143,21 @@ def make_train_step(config, model, encoder, autoencoder=None):
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def loss_and_grads(params, inputs, frozen, key):
+    """(loss, metrics, grads of the trained params: all, or a pruned tree)."""
+    trained, fixed = split(params)
     accum = int(tc.grad_accum)
     if accum == 1:
-      (loss, metrics), grads = grad_fn(params, inputs, frozen, key)
+      (loss, metrics), grads = grad_fn(trained, fixed, inputs, frozen, key)
       return loss, metrics, grads
     micro = jax.tree.map(lambda a: einops.rearrange(a, "(b m) ... -> m b ...", m=accum), inputs)
 
     def body(carry, xs):
       mb, m = xs
-      (loss, metrics), grads = grad_fn(params, mb, frozen, jax.random.fold_in(key, m))
+      (loss, metrics), grads = grad_fn(trained, fixed, mb, frozen, jax.random.fold_in(key, m))
       return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-        lambda: grad_fn(params, jax.tree.map(lambda a: a[0], micro), frozen, key)))
+        lambda: grad_fn(trained, fixed, jax.tree.map(lambda a: a[0], micro), frozen, key)))
     zeros = (zeros[0][0], zeros[0][1], zeros[1])
     total, _ = jax.lax.scan(body, zeros, (micro, jnp.arange(accum)))
     return jax.tree.map(lambda a: a / accum, total)

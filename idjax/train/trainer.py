@@ -20,7 +20,7 @@ from idjax.data.pipeline import GlobalBatches, make_source
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.rng import derive
 from idjax.train import checkpoint, loop
-from idjax.train.state import create_state, make_optimizer
+from idjax.train.state import create_state, make_optimizer, trainable_filter
 from idjax.train.step import make_train_step
 
 
@@ -131,12 +131,14 @@ class Setup:
 def make_setup(config, model, encoder, mesh, autoencoder=None) -> Setup:
   rules = config.sharding.rules
   tx, _ = make_optimizer(config.train)
+  # Configs saved before the key existed trained everything (config_rules.ABSENT_AS).
+  trainable = trainable_filter(config.train.get("trainable", "all"), model)
 
   def init_boxed():
     key = derive(config.seed, 0, "init")
     variables = model.init({"params": key, "dropout": key},
                            *model_inputs(config, encoder, autoencoder=autoencoder))
-    return create_state(variables["params"], tx, config.seed)
+    return create_state(variables["params"], tx, config.seed, trainable=trainable)
 
   init, abstract, state_shardings = loop.sharded_init(init_boxed, mesh, rules)
 
@@ -193,6 +195,11 @@ def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batche
   setup = make_setup(config, model, encoder, mesh, autoencoder)
   if jax.process_index() == 0:
     print(f"Video model parameters:\n{loop.param_table(setup.abstract_state.params)}", flush=True)
+    if tc.get("trainable", "all") != "all":
+      count = lambda tree: sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
+      print(f"Trained (train.trainable={tc.trainable!r}): "
+            f"{count(setup.abstract_state.ema_params):,} of "
+            f"{count(setup.abstract_state.params):,} parameters.", flush=True)
   if batches is None:
     try:
       source = make_source(config.data)
