@@ -316,23 +316,33 @@ def _ema_reader(workdir) -> ocp.CheckpointManager:
   )
 
 
-def split_by(tree, like):
-  """(the leaves of nested dicts `tree` at the paths `like` has, the others),
-  each a pruned tree of the same nesting."""
-  paths = set(traverse_util.flatten_dict(like))
+def partition(tree, keep):
+  """(the leaves of nested dicts `tree` whose path `keep` accepts, the others),
+  each a pruned tree of the same nesting. Boxed (logically partitioned)
+  leaves stay boxed."""
   flat = traverse_util.flatten_dict(tree)
   pick = lambda inside: traverse_util.unflatten_dict(
-      {p: leaf for p, leaf in flat.items() if (p in paths) == inside}
+      {p: leaf for p, leaf in flat.items() if keep(p) == inside}
   )
   return pick(True), pick(False)
+
+
+def merge(tree, part):
+  """`tree` with the leaves of the pruned tree `part` put in (added or replaced)."""
+  flat = traverse_util.flatten_dict(tree)
+  flat.update(traverse_util.flatten_dict(part))
+  return traverse_util.unflatten_dict(flat)
+
+
+def split_by(tree, like):
+  """`partition` of `tree` by the paths the pruned tree `like` has."""
+  return partition(tree, set(traverse_util.flatten_dict(like)).__contains__)
 
 
 def complete_ema(ema, params):
   """The EMA of every param: `ema`, with the leaves it lacks (params frozen
   in training, whose EMA is themselves) taken from `params`."""
-  flat = traverse_util.flatten_dict(params)
-  flat.update(traverse_util.flatten_dict(ema))
-  return traverse_util.unflatten_dict(flat)
+  return merge(params, ema)
 
 
 def restore_ema_step(manager, step, abstract):

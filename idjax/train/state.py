@@ -15,10 +15,12 @@ dicts: a frozen leaf's EMA is the leaf itself, so it is stored once, in
 """
 
 import flax
-from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import optax
+
+# Pruned-tree helpers, shared with inference (which must not import the trainer).
+from idjax.restore import merge, partition, split_by
 
 
 @flax.struct.dataclass
@@ -84,23 +86,6 @@ def trainable_filter(trainable: str, model):
   return lambda path: any(name in scopes for name in path)
 
 
-def partition(params, keep):
-  """(the leaves whose path `keep` accepts, the others) of nested dicts, each
-  as a pruned tree of the same nesting. Boxed (logically partitioned) leaves
-  stay boxed."""
-  flat = traverse_util.flatten_dict(params)
-  kept = {path: leaf for path, leaf in flat.items() if keep(path)}
-  rest = {path: leaf for path, leaf in flat.items() if not keep(path)}
-  return traverse_util.unflatten_dict(kept), traverse_util.unflatten_dict(rest)
-
-
-def merge(params, part):
-  """`params` with the leaves of the pruned tree `part` put in (added or replaced)."""
-  flat = traverse_util.flatten_dict(params)
-  flat.update(traverse_util.flatten_dict(part))
-  return traverse_util.unflatten_dict(flat)
-
-
 def create_state(params, tx, seed: int, ema: bool = True, trainable=None) -> TrainState:
   """A fresh state (`ema=False`: no EMA params). Works on boxed (logically
   partitioned) params too: optax maps over the boxes, so the Adam moments
@@ -135,7 +120,7 @@ def apply_gradients(state: TrainState, tx, grads, loss, ema_decay=None):
   everything = jax.tree.structure(grads) == jax.tree.structure(state.params)
   trained = state.params
   if not everything:
-    trained = partition(state.params, set(traverse_util.flatten_dict(grads)).__contains__)[0]
+    trained = split_by(state.params, grads)[0]
   grad_norm = optax.global_norm(grads)
   ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
   updates, opt_state = tx.update(grads, state.opt_state, trained)
