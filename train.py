@@ -4,7 +4,9 @@
   python train.py --config configs/tiny.py --workdir runs/demo/video [--config.key=value ...]
 
 Restarting with the same --workdir resumes from its latest checkpoint (video
-model and face encoder). SIGTERM / Ctrl-C save a checkpoint and exit 0.
+model and face encoder); without --config the workdir's config.json is used
+(as for a workdir made by `python -m idjax.models.wan.convert`, which holds
+a step-0 checkpoint). SIGTERM / Ctrl-C save a checkpoint and exit 0.
 --profile-steps 5,8 writes a jax.profiler trace of steps 6..8 to
 WORKDIR/profile (video model and face encoder).
 Several processes (one per host): --coordinator HOST:PORT --num-processes N
@@ -15,11 +17,12 @@ a trusted interface (JAX's default is every interface).
 """
 
 import functools
+import os
 import sys
 
 # Importing these initialises no JAX backend, so distributed.initialize (in
 # main) still comes before any JAX computation.
-from idjax import config_rules, configlib, paths
+from idjax import config_rules, configlib, paths, restore
 from idjax.autoencoder.train import train_autoencoder
 from idjax.face.train import train_face_encoder
 from idjax.sampling.hooks import write_samples
@@ -29,7 +32,8 @@ from idjax.train import distributed, loop, trainer
 def parse_args(argv):
   """-> (config, args); `--config.a.b=v` overrides are applied to the config."""
   p = configlib.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0])
-  p.add_argument("--config", required=True, help="config file (configs/*.py)")
+  p.add_argument("--config", default=None,
+                 help="config file (configs/*.py); default: the --workdir's config.json")
   p.add_argument("--workdir", required=True, help="where checkpoints and logs go")
   p.add_argument("--coordinator", default=None, help="HOST:PORT of process 0")
   p.add_argument("--coordinator-bind", default=None,
@@ -42,7 +46,8 @@ def parse_args(argv):
                  help="video model or face encoder: write a jax.profiler trace of the steps "
                  "after START up to STOP to WORKDIR/profile")
   known, rest = p.parse_known_args(argv)
-  config = configlib.load_config_file(known.config)
+  config = (configlib.load_config_file(known.config) if known.config
+            else workdir_config(known.workdir))
   leftover = configlib.parse_overrides(config, rest)
   if leftover:
     raise configlib.UsageError(f"Unrecognised argument {leftover[0]!r}.")
@@ -50,6 +55,16 @@ def parse_args(argv):
   paths.check_folder(known.workdir, "--workdir")
   known.profile_steps = parse_profile_steps(known.profile_steps)
   return config, known
+
+
+def workdir_config(workdir):
+  """The config.json of a workdir to resume; UsageError when it has none."""
+  path = os.path.join(workdir, restore.CONFIG_FILE)
+  if not os.path.isfile(path):
+    raise configlib.UsageError(
+        f"--config is needed: {os.path.abspath(workdir)} holds no {restore.CONFIG_FILE} to "
+        "resume from.")
+  return restore.read_saved_config(path, "restore it, or give --config")
 
 
 def parse_profile_steps(text):

@@ -85,6 +85,9 @@ def get_config():
   config.train.batch_size = 8
   config.train.grad_accum = 1
   config.train.trainable = "all"         # or "adapters": only the identity path (frozen backbone)
+  # A video workdir whose EMA params start this run (fine-tuning: step 0, fresh
+  # optimizer); "" starts from the init. Ignored when resuming.
+  config.train.init_from = ""
   config.train.lr = 1e-3
   config.train.warmup_steps = 50
   config.train.weight_decay = 0.01

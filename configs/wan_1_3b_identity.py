@@ -14,9 +14,10 @@ Inputs: latents of Wan's video VAE (autoencoder_workdir, 16 channels, 4x
 temporal and 8x spatial compression: 17 frames of 256x256 are 5x32x32
 latents, 1280 tokens) and precomputed UMT5-XXL prompt embeddings
 [B, 512, 4096] (model.text_input = "embeddings"), which the model takes as
-`text_embeddings`. This workspace has neither the weights nor such
-embeddings; the config is checked, and its params counted, abstractly
-(jax.eval_shape) in tests/test_wan_identity.py.
+`text_embeddings`, read by prompt from the table that data.text_embeddings
+names (format: idjax/data/text_embeddings.py). This workspace has neither
+the weights nor such embeddings; the config is checked, and its params
+counted, abstractly (jax.eval_shape) in tests/test_wan_identity.py.
 """
 
 import os

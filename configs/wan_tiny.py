@@ -42,6 +42,9 @@ def get_config():
   m.text_dim = 64
   m.freq_dim = 64
   m.text_input = "tokens"  # a trainable table of prompt tokens (no UMT5 offline)
+  # With text_input = "embeddings": the .safetensors table of precomputed UMT5
+  # output, prompt -> [data.text_len, text_dim] (idjax/data/text_embeddings.py).
+  config.data.text_embeddings = ""
   m.backbone_param_dtype = "float32"
   # Identity adapters (resampler and routing as the project's own model).
   m.mlp_ratio = 2.0  # of the resampler's MLP

@@ -172,6 +172,7 @@ VIDEO = COMMON + (
     ("train.batch_size", integer(1)),
     ("train.grad_accum", integer(1)),
     ("train.trainable", one_of("all", "adapters")),
+    ("train.init_from", Check(lambda v: isinstance(v, str), "a video workdir, or '' for none")),
     ("train.lr", POSITIVE),
     ("train.warmup_steps", integer(0)),
     ("train.weight_decay", number(0.0)),
@@ -285,6 +286,7 @@ ABSENT_AS = {
     "autoencoder_workdir": "",       # needed only in latent space
     "model.backbone": "idjax",       # before the Wan backbone
     "train.trainable": "all",        # before frozen-backbone training
+    "train.init_from": "",           # before fine-tuning from another workdir
     "model.space": "pixel",          # before latent-space models
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas

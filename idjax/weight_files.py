@@ -37,6 +37,20 @@ class WeightFileError(ValueError):
 
 def read_safetensors_header(path) -> dict:
   """The JSON header of a .safetensors file: {name: {dtype, shape, data_offsets}}."""
+  header = _raw_header(path)
+  header.pop("__metadata__", None)
+  return header
+
+
+def read_safetensors_metadata(path) -> dict:
+  """The header's free-form `__metadata__` ({str: str}; {} when it has none)."""
+  metadata = _raw_header(path).get("__metadata__") or {}
+  if not isinstance(metadata, dict):
+    raise WeightFileError(f"{os.fspath(path)}: __metadata__ is not a JSON object.")
+  return metadata
+
+
+def _raw_header(path) -> dict:
   path = os.fspath(path)
   try:
     with open(path, "rb") as f:
@@ -52,7 +66,6 @@ def read_safetensors_header(path) -> dict:
       header = json.loads(f.read(header_size))
   except (UnicodeDecodeError, json.JSONDecodeError):
     raise WeightFileError(f"{path}: the header is not JSON; not a .safetensors file.") from None
-  header.pop("__metadata__", None)
   return header
 
 

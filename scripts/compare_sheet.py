@@ -34,8 +34,18 @@ def main(argv=None):
   )
   p.add_argument("--identities", type=int, default=4)
   p.add_argument("--frames", type=int, default=8)
+  p.add_argument(
+      "--identity-guidance",
+      default=None,
+      help="comma-separated scales: one row per scale per workdir (default: each config's)",
+  )
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
+  scales = (
+      [None]
+      if args.identity_guidance is None
+      else [float(s) for s in args.identity_guidance.split(",")]
+  )
 
   gens = [Generator.from_workdir(w) for w in args.workdir]
   side = max(g.resolution for g in gens)
@@ -53,23 +63,30 @@ def main(argv=None):
     refs = clip["references"][0]
     rows.append(np.concatenate([_upscale(refs[:1], side)[0]] + list(clip["frames"]), axis=1))
     for g in gens:
-      out = g.generate(
-          [clip["prompt"]],
-          [[list(refs)]],
-          num_frames=args.frames,
-          seed=0,
-          layout=[[clip["boxes"][0]]],
-          progress=False,
-      )
-      frames = _upscale(out["frames"][0], side)
-      blank = np.full((side, side, 3), 255, np.uint8)
-      rows.append(np.concatenate([blank] + list(frames), axis=1))
+      for scale in scales:
+        out = g.generate(
+            [clip["prompt"]],
+            [[list(refs)]],
+            num_frames=args.frames,
+            seed=0,
+            layout=[[clip["boxes"][0]]],
+            identity_guidance=scale,
+            progress=False,
+        )
+        frames = _upscale(out["frames"][0], side)
+        blank = np.full((side, side, 3), 255, np.uint8)
+        rows.append(np.concatenate([blank] + list(frames), axis=1))
     rows.append(np.full((4, rows[-1].shape[1], 3), 255, np.uint8))
   sheet = np.concatenate(rows[:-1], axis=0)
   Image.fromarray(sheet).save(args.out)
   print(
       f"wrote {args.out}: per identity, the reference and real clip, then "
       + ", ".join(args.workdir)
+      + (
+          ""
+          if args.identity_guidance is None
+          else f" at identity guidance {args.identity_guidance}"
+      )
   )
 
 

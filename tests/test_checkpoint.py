@@ -17,7 +17,8 @@ import pytest
 from idjax import configlib
 from idjax.train import checkpoint, loop, trainer
 
-from helpers import FakeBatches, mesh_for, run_trainer, saved_state, tiny_encoder, tiny_train_config
+from helpers import (FakeBatches, TinyVideoModel, mesh_for, run_trainer, saved_state, tiny_encoder,
+                     tiny_train_config)
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +110,44 @@ def test_resume_is_bit_identical(tmp_path, encoder, monkeypatch, capsys):
   bigger.model.width = 64
   with pytest.raises(configlib.UsageError, match="model.width"):
     run_trainer(bigger, straight, encoder)
+
+
+def test_init_from_starts_step_0_at_another_workdirs_ema(tmp_path, encoder):
+  """Fine-tuning: params and EMA start as the source's EMA params, the step
+  and the Adam moments as a fresh run's; a resumed run ignores init_from."""
+  config = tiny_train_config()
+  source = tmp_path / "source"
+  run_trainer(config, source, encoder, stop_at=3)
+  source_ema = saved_state(str(source))["ema_params"]
+  tuned = config.copy_and_resolve_references()
+  tuned.train.init_from = str(source)
+  setup = trainer.make_setup(tuned, TinyVideoModel(), encoder, mesh_for(tuned, dict(data=2, fsdp=4)))
+  start = jax.device_get(trainer.init_from_workdir(setup, str(source), None)())
+  fresh = jax.device_get(setup.init())
+  assert int(start.step) == 0
+  chex.assert_trees_all_equal(start.params, source_ema)
+  chex.assert_trees_all_equal(start.ema_params, source_ema)
+  chex.assert_trees_all_equal(start.opt_state, fresh.opt_state)  # zero moments, count 0
+  with pytest.raises(AssertionError):
+    chex.assert_trees_all_equal(start.params, fresh.params)
+  for missing, needle in ((tmp_path / "gone", "is not a folder"), (tmp_path, "holds no checkpoint")):
+    with pytest.raises(configlib.UsageError, match=needle):
+      trainer.init_from_workdir(setup, str(missing), None)()
+
+
+@pytest.mark.slow
+def test_init_from_through_the_trainer_and_resume(tmp_path, encoder):
+  """3 steps from a source, then a resume that finds its own checkpoint:
+  init_from is then not read (the source may be gone)."""
+  config = tiny_train_config()
+  run_trainer(config, tmp_path / "source", encoder, stop_at=3)
+  tuned = config.copy_and_resolve_references()
+  tuned.train.init_from = str(tmp_path / "source")
+  run_trainer(tuned, tmp_path / "tuned", encoder, stop_at=3)
+  first = saved_state(str(tmp_path / "tuned"))
+  assert int(first["step"]) == 3
+  tuned.train.init_from = str(tmp_path / "gone")
+  assert run_trainer(tuned, tmp_path / "tuned", encoder)["step"] == 6
 
 
 def test_param_table_counts_per_top_level_module():

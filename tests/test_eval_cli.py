@@ -72,6 +72,7 @@ def test_bad_input_exits_2_with_one_sentence_and_keeps_files(workdir, tmp_path, 
     assert not out.exists()
 
 
+@pytest.mark.slow  # ~50 s; the seam and drift numbers are checked on hand-made clips in test_drift.py
 def test_long_clip_rows_made_in_chunks_and_their_seams(workdir, tmp_path):
   out = tmp_path / "long.json"
   args = "--num-identities 1 --frames 12 --chunk-frames 6 --context-frames 2 --no-progress"

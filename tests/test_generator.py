@@ -65,6 +65,29 @@ def test_guidance_scales_one_equal_single_pass_formula(gen):
   assert one["frames"].shape == (1, 2, 16, 16, 3)
 
 
+def test_identity_guidance_acts_inside_the_face_masks_only(gen):
+  """With a layout, a 2-pass step at s_id = 3 equals the 1-pass step where
+  the face masks are 0 and moves away from it inside the face."""
+  rng = np.random.default_rng(5)
+  refs = [[random_refs(rng, 2)]]
+  boxes = layout_lib.layout_boxes([[[0.1, 0.1, 0.5, 0.5]]], [1], gen.max_characters, 2)
+  host = gen._host_batch(["a person"], refs, 2, np.ones(1, np.float32), [1], boxes)
+  emb, feat = gen._encode_fn()(gen.face_params, jnp.asarray(host.references))
+  masks = jnp.asarray(host.face_masks)
+  ident = models.IdentityInputs(emb, feat, jnp.asarray(host.ref_valid),
+                                jnp.asarray(host.char_valid), masks)
+  x = jnp.asarray(host.noise)
+  args = (jnp.float32(1.0), jnp.float32(0.5), jnp.asarray(host.text), ident,
+          jnp.asarray(host.strength), jnp.float32(1.0))
+  one = np.asarray(gen._step_fn("euler", 1)(gen.params, x.copy(), *args, jnp.float32(1.0)))
+  guided = np.asarray(gen._step_fn("euler", 2)(gen.params, x.copy(), *args, jnp.float32(3.0)))
+  face = np.asarray(masks)[0, 0]  # [T, h, w]
+  outside, inside = face == 0, face > 0.5
+  assert outside.any() and inside.any()
+  np.testing.assert_allclose(guided[0][outside], one[0][outside], atol=1e-5)
+  assert np.abs(guided[0][inside] - one[0][inside]).mean() > 1e-3
+
+
 def test_guided_sampling_uses_more_passes_and_differs(gen):
   rng = np.random.default_rng(3)
   refs = [[random_refs(rng, 1)]]

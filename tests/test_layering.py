@@ -49,7 +49,15 @@ LAYERS = (
             "idjax.eval",
         ),
     ),
-    ("CLIs", ("idjax.eval.__main__", "idjax.app", "idjax.data.prepare.__main__")),
+    (
+        "CLIs",
+        (
+            "idjax.eval.__main__",
+            "idjax.app",
+            "idjax.data.prepare.__main__",
+            "idjax.models.wan.convert",  # builds the trainer's step-0 state
+        ),
+    ),
 )
 TRAINING = ("idjax.train", "idjax.face.train", "idjax.autoencoder.train")
 SAMPLING = ("idjax.sampling",)

@@ -75,7 +75,7 @@ def test_sequence_mesh_shards_the_clip_state_over_frames(gen):
   )
 
 
-@pytest.mark.parametrize("size", [2, 4, 8])
+@pytest.mark.parametrize("size", [pytest.param(2, marks=pytest.mark.slow), 4, 8])
 def test_sequence_sharded_frames_equal_one_device(gen, refs, size):
   """16 frames (2 per device at sequence=8), layout-routed identity."""
   kw = dict(num_frames=16, seed=3, layout=[LAYOUT], progress=False)
@@ -157,6 +157,7 @@ def test_bad_extension_settings_raise_one_sentence(gen):
 # --- sample.py --extend ---------------------------------------------------------
 
 
+@pytest.mark.slow  # ~35 s; test_given_frames_are_kept_bit_exact checks the same frames without the CLI
 def test_sample_cli_extends_a_clip_keeping_its_frames(tmp_path, capsys):
   video = make_workdir(str(tmp_path / "runs"))
   rng = np.random.default_rng(3)

@@ -148,9 +148,13 @@ def test_fully_masked_rows_are_zero_with_finite_gradients():
   np.testing.assert_allclose(dk, dk_without, atol=1e-6)
 
 
+# Each case compiles several attention programs (~15 s on 2 CPU cores): the
+# default run keeps a causal and a masked odd-length case, the rest are slow.
+_SLOW = pytest.mark.slow
 @pytest.mark.parametrize("lq,lk,causal,with_mask", [
-    (3, 5, False, True), (4, 51, False, True), (5, 5, True, False), (7, 7, True, True),
-    (3, 4, False, False)])
+    (3, 5, False, True), pytest.param(4, 51, False, True, marks=_SLOW),
+    pytest.param(5, 5, True, False, marks=_SLOW), (7, 7, True, True),
+    pytest.param(3, 4, False, False, marks=_SLOW)])
 def test_even_length_padding_for_cudnn_changes_nothing(lq, lk, causal, with_mask):
   # The cuDNN path pads odd lengths; run that padding through XLA and compare
   # values and gradients with unpadded attention.

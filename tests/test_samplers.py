@@ -102,3 +102,23 @@ def test_identity_strength_zero_equals_no_references(generators):
   full = one.generate(prompts, refs, seed=4, identity_strength=1.0, progress=False)["frames"]
   np.testing.assert_array_equal(zero, none)
   assert not np.array_equal(full[0], none[0])      # the identity path does act
+
+
+def test_guide_scales_identity_inside_faces_and_leaves_the_rest():
+  rng = np.random.default_rng(0)
+  v_full, v_text, v_null = (rng.normal(size=(1, 2, 4, 4, 3)).astype(np.float32) for _ in range(3))
+  faces = np.zeros((1, 2, 4, 4, 1), np.float32)
+  faces[:, :, 1:3, 1:3] = 1.0
+  faces[:, :, 0, 0] = 0.5
+  out = np.asarray(samplers.guide(v_full, v_text, v_null, 2.0, 3.0, faces))
+  text_cfg = v_null + 2.0 * (v_text - v_null)
+  # Inside a face: the full dual-scale formula; outside: the identity pass unscaled.
+  np.testing.assert_allclose(out[:, :, 1:3, 1:3], (text_cfg + 3.0 * (v_full - v_text))[:, :, 1:3, 1:3],
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out[:, :, 3], (text_cfg + v_full - v_text)[:, :, 3], rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(out[:, :, 0, 0], (text_cfg + 2.0 * (v_full - v_text))[:, :, 0, 0],
+                             rtol=1e-6, atol=1e-6)  # a soft edge: halfway
+  # Without text guidance (v_null None) and with all-ones masks: plain identity CFG.
+  ones = np.ones_like(faces)
+  np.testing.assert_allclose(samplers.guide(v_full, v_text, None, 1.0, 3.0, ones),
+                             v_text + 3.0 * (v_full - v_text), rtol=1e-6, atol=1e-6)

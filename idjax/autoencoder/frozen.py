@@ -17,6 +17,7 @@ import numpy as np
 
 from idjax import restore
 from idjax.autoencoder.model import Autoencoder, autoencoder_from_config
+from idjax.models.wan.vae_weights import FrozenWanVAE, is_wan_vae_folder
 
 CONFIG_FILE = restore.CONFIG_FILE
 PARAMS_DIR = restore.PARAMS_DIR
@@ -70,7 +71,11 @@ class FrozenAutoencoder:
   @classmethod
   def from_workdir(cls, workdir) -> "FrozenAutoencoder":
     """Loads a workdir written by `save_autoencoder` (params on one device;
-    users replicate them over their mesh); ValueError if none."""
+    users replicate them over their mesh); ValueError if none. A diffusers
+    Wan 2.1 `vae/` folder (what idjax.models.wan.convert puts in a workdir)
+    loads as the FrozenWanVAE, which has this class's protocol."""
+    if is_wan_vae_folder(workdir):
+      return FrozenWanVAE.from_folder(workdir)
     config = restore.read_frozen_config(
         workdir, "autoencoder", label="an autoencoder", holds="video autoencoder",
         advice="train one with configs/autoencoder.py first", extra_files=(STATS_FILE,))

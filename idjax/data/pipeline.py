@@ -11,7 +11,10 @@ plus `index`). `GlobalBatches` turns a source into batches for a mesh:
 * each process reads only the rows of the global batch that its devices hold,
   and the rows become one global `jax.Array` per key, sharded on `batch`;
 * reference dropout (how many of the K references of a character are valid,
-  1..K) is a pure function of (seed, index).
+  1..K) is a pure function of (seed, index);
+* with a `TextEmbeddings` table (a Wan model reading precomputed UMT5
+  output), each row also gets its prompt's `text_embeddings` [L, D], and its
+  `text_tokens` are that prompt's token mask (idjax.data.text_embeddings).
 """
 
 import concurrent.futures
@@ -34,6 +37,7 @@ _FEISTEL_ROUNDS = 6
 # does), so shipping the records' head masks to the device would be dead weight.
 BATCH_KEYS = ("frames", "boxes", "identity_ids", "character_valid", "references",
               "reference_valid", "text_tokens", "index")
+TEXT_EMBEDDINGS = "text_embeddings"  # the extra key of a batch for a table
 
 
 class OnTheFlySource:
@@ -173,21 +177,25 @@ def reference_valid(seed: int, index: int, num_characters: int, num_references: 
   return valid
 
 
-def _to_example(record, *, seed, text_len, reference_dropout):
-  """A source record -> one row of a batch (numpy, keys BATCH_KEYS)."""
+def _to_example(record, *, seed, text_len, reference_dropout, text_table=None):
+  """A source record -> one row of a batch (numpy, keys BATCH_KEYS, and
+  TEXT_EMBEDDINGS with a `text_table`)."""
   C, K = record["references"].shape[:2]
   index = int(record["index"])
   if reference_dropout:
     ref_valid = reference_valid(seed, index, C, K)
   else:
     ref_valid = np.ones((C, K), bool)
-  return dict(
+  example = dict(
       frames=record["frames"], boxes=record["boxes"],
       identity_ids=record["identity_ids"], character_valid=record["character_valid"],
       references=record["references"],
       reference_valid=ref_valid & record["character_valid"][:, None],
       text_tokens=prompts.tokenize(record["prompt"], text_len),
       index=np.int32(index))
+  if text_table is not None:
+    example["text_tokens"], example[TEXT_EMBEDDINGS] = text_table.lookup(record["prompt"])
+  return example
 
 
 class GlobalBatches:
@@ -201,6 +209,9 @@ class GlobalBatches:
       None gives NumPy batches (for host-side tools).
     rules: logical-axis rules (None = idjax.sharding.DEFAULT_RULES).
     text_len: L, prompt tokens per row.
+    text_embeddings: None, or a `TextEmbeddings` table of [L, D] rows: each
+      row then gets its prompt's embeddings (a prompt without one raises
+      UsageError when its batch is read).
     reference_dropout: draw 1..K valid references per character (else all K).
     num_threads: parallel reads within this process.
     process_index, process_count: override jax's values to simulate one
@@ -209,7 +220,8 @@ class GlobalBatches:
   """
 
   def __init__(self, source, *, global_batch_size, seed, mesh, rules=None, text_len=24,
-               reference_dropout=True, num_threads=None, process_index=None, process_count=None):
+               text_embeddings=None, reference_dropout=True, num_threads=None,
+               process_index=None, process_count=None):
     self.source = source
     self.global_batch_size = int(global_batch_size)
     self.seed = int(seed)
@@ -223,8 +235,10 @@ class GlobalBatches:
     if self.global_batch_size % ways or self.global_batch_size % self.process_count:
       raise ValueError(f"global batch size {self.global_batch_size} must divide by the batch "
                        f"sharding ({ways}) and the process count ({self.process_count}).")
+    self.keys = BATCH_KEYS + ((TEXT_EMBEDDINGS,) if text_embeddings is not None else ())
     self._dataset = grain.MapDataset.source(source).map(functools.partial(
-        _to_example, seed=self.seed, text_len=self.text_len, reference_dropout=reference_dropout))
+        _to_example, seed=self.seed, text_len=self.text_len, reference_dropout=reference_dropout,
+        text_table=text_embeddings))
     self._pool = concurrent.futures.ThreadPoolExecutor(num_threads or min(4, os.cpu_count() or 1))
     # A separate thread assembles the next step, so it never waits on a read
     # queued behind itself.
@@ -258,7 +272,7 @@ class GlobalBatches:
     start, stop = self._rows
     indices = self.indices_at(step)[start:stop]
     rows = list(self._pool.map(self._dataset.__getitem__, indices))
-    return {k: np.stack([r[k] for r in rows]) for k in BATCH_KEYS}
+    return {k: np.stack([r[k] for r in rows]) for k in self.keys}
 
   def _globalize(self, local):
     if self.mesh is None:  # no devices asked for: host batches
@@ -268,7 +282,7 @@ class GlobalBatches:
             for k, v in local.items()}
 
   def batch_at(self, step: int) -> dict[str, jax.Array]:
-    """Step `step` as global arrays sharded on the batch axis (keys BATCH_KEYS).
+    """Step `step` as global arrays sharded on the batch axis (keys `self.keys`).
 
     Starts reading step + 1 in the background, so a loop calling batch_at(s),
     batch_at(s + 1), ... overlaps reading with the training step. Any other

@@ -48,6 +48,13 @@ def parse_args(argv):
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--no-progress", action="store_true")
   p.add_argument(
+      "--text-embeddings",
+      default=None,
+      metavar="FILE.safetensors",
+      help="a model reading precomputed text embeddings: the table holding --prompt "
+      "(default: the run's data.text_embeddings)",
+  )
+  p.add_argument(
       "--extend",
       default=None,
       metavar="IN.mp4|IN.npy",
@@ -243,13 +250,13 @@ def prepare(args) -> Request:
   return Request(args, outputs, chars, layout, images, given)
 
 
-def load_generator(workdir: str):
+def load_generator(workdir: str, text_embeddings: str | None = None):
   """The workdir's Generator; UsageError (one sentence) when it cannot be sampled."""
   # Heavy imports after every cheap check: usage errors come back at once.
   from idjax.sampling.generator import Generator
 
   try:
-    return Generator.from_workdir(workdir)
+    return Generator.from_workdir(workdir, text_embeddings=text_embeddings)
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
 
@@ -394,7 +401,7 @@ def _extend(generator, request, references) -> dict:
 def main(argv=None):
   args = parse_args(sys.argv[1:] if argv is None else argv)
   request = prepare(args)
-  summary = write_clip(load_generator(args.workdir), request)
+  summary = write_clip(load_generator(args.workdir, args.text_embeddings), request)
   report = summary["metrics"]
   line = f"wrote {request.outputs['mp4']} ({summary['num_frames']} frames)"
   if report:

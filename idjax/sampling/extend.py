@@ -187,6 +187,7 @@ def extend(
     noise[0] = np.asarray(noise_fn(root, jnp.arange(lo, lo + chunk, dtype=jnp.int32)))
     x = jax.device_put(noise, x_sharding)
     text, strength_a = g._put_batch(host.text[:rows]), g._put_batch(host.strength[:rows])
+    embeddings = None if host.text_embeddings is None else g._put_batch(host.text_embeddings[:rows])
     ctx = ctx_noise = None
     if ctx_len:
       clip = np.concatenate(frames)[lo:made]
@@ -198,7 +199,9 @@ def extend(
         t, t_next = put(grid[i]), put(grid[i + 1])
         if ctx is not None:
           x = replace(x, ctx, ctx_noise, t)
-        x = step_fn(g.params, x, t, t_next, text, identity, strength_a, s_text_a, s_id_a)
+        x = step_fn(
+            g.params, x, t, t_next, text, identity, strength_a, s_text_a, s_id_a, embeddings
+        )
       if ctx is not None:
         x = replace(x, ctx, ctx_noise, put(np.float32(0.0)))
     new = np.asarray(g._to_frames(x))[0, ctx_len:, ..., :3]

@@ -27,8 +27,10 @@ to the identity), which is what the trainer's mask dropout teaches; the
 returned boxes and masks are then None.
 
 Classifier-free guidance with separate text and identity scales:
-  v = v(0, 0) + s_text (v(text, 0) - v(0, 0)) + s_id (v(text, id) - v(text, 0))
-where "0 text" is all-zero tokens and "0 id" is char_valid all False. Only
+  v = v(0, 0) + s_text (v(text, 0) - v(0, 0)) + s (v(text, id) - v(text, 0)),
+  s = 1 + (s_id - 1) * (the union of the face masks)
+where "0 text" is all-zero tokens and "0 id" is char_valid all False: identity
+guidance acts inside the faces only (samplers.guide says why). Only
 the passes a setting needs are run: one when both scales are 1, two when only
 s_text is 1.
 """
@@ -54,7 +56,9 @@ from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
 from idjax.conditioning import encode_references, reference_canvas
 from idjax.data import prompts as prompts_lib
+from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
+from idjax.models.wan.identity_dit import dummy_text_embeddings
 from idjax.sampling import samplers
 
 
@@ -92,7 +96,8 @@ def abstract_params(config, face_encoder, side, mesh):
       num_chars=int(m.max_characters), num_refs=int(config.data.num_references),
       face_embed_dim=fe.embed_dim, face_feature_dim=fe.feature_dim, face_cells=fe.feature_cells)
   model = models.build_model(m)
-  boxed = jax.eval_shape(model.init, jax.random.key(0), *args)["params"]
+  text = dummy_text_embeddings(model, 1, int(m.text_len))
+  boxed = jax.eval_shape(functools.partial(model.init, **text), jax.random.key(0), *args)["params"]
   return restore.abstract_params(boxed, mesh, config.sharding.rules)
 
 
@@ -132,6 +137,7 @@ class _Batch:
   strength: np.ndarray         # float32 [B]
   face_masks: np.ndarray       # float32 [B, C, T, h, w] at the model's grid
   boxes: np.ndarray | None     # float32 [B, C, T, 4], or None (no layout)
+  text_embeddings: np.ndarray | None = None  # [B, L, D] of a model that reads them
 
 
 class Generator:
@@ -147,10 +153,12 @@ class Generator:
       in pixel space).
     mesh, rules: where sampling runs.
     per_device_batch: examples per device per model call (see module doc).
+    text_table: the precomputed text embeddings (idjax.data.text_embeddings)
+      of a model that reads them instead of prompt tokens, else None.
   """
 
   def __init__(self, config, params, face_encoder: FrozenFaceEncoder, mesh=None,
-               per_device_batch: int | None = None, autoencoder=None):
+               per_device_batch: int | None = None, autoencoder=None, text_table=None):
     config = config_rules.with_absent_keys(config)
     self.config = config
     self.model = models.build_model(config.model)
@@ -170,6 +178,14 @@ class Generator:
     self.max_characters = int(config.model.max_characters)
     self.text_len = int(config.model.text_len)
     self.channels = int(config.model.channels)
+    # A model reading UMT5 embeddings maps each prompt to its row of the table.
+    if not getattr(self.model, "reads_text_embeddings", False):
+      text_table = None
+    elif text_table is None:
+      text_table = text_lib.for_config(config)
+    else:
+      text_table.check_shape(self.text_len, config.model.text_dim)
+    self.text_table = text_table
     self.model_side = model_side(config, autoencoder)
     self._abstract_params = abstract_params(config, face_encoder, self.model_side, self.mesh)
     restore.check_fits(params, self._abstract_params, "The params given to the Generator")
@@ -187,9 +203,12 @@ class Generator:
     self._noise = {}
 
   @classmethod
-  def from_workdir(cls, workdir, mesh=None, per_device_batch=None) -> "Generator":
+  def from_workdir(cls, workdir, mesh=None, per_device_batch=None,
+                   text_embeddings=None) -> "Generator":
     """The config and EMA params of a video workdir, with its frozen face
-    encoder (and autoencoder, in latent space).
+    encoder (and autoencoder, in latent space, and text embeddings table, for
+    a model that reads them: `text_embeddings`, a file, overrides the
+    config's data.text_embeddings).
 
     Only the EMA params of the newest readable checkpoint are read (unreadable
     newer steps are skipped with a warning and left in place), each shard
@@ -204,10 +223,13 @@ class Generator:
       autoencoder = FrozenAutoencoder.from_workdir(
           resolve_path(config.autoencoder_workdir, workdir))
     mesh = mesh if mesh is not None else sharding.make_mesh(dict(config.mesh))
+    saved_table = config.data.get("text_embeddings", "")
+    text_table = text_lib.for_config(
+        config, text_embeddings or (saved_table and resolve_path(saved_table, workdir)))
     abstract = abstract_params(config, face_encoder, model_side(config, autoencoder), mesh)
     _, params = restore.restore_ema(workdir, abstract)
     return cls(config, params, face_encoder, mesh=mesh, per_device_batch=per_device_batch,
-               autoencoder=autoencoder)
+               autoencoder=autoencoder, text_table=text_table)
 
   # --- placement ---------------------------------------------------------
 
@@ -271,19 +293,23 @@ class Generator:
       return self._steps[key]
     model = self.model
 
-    def step(params, x, t, t_next, text, identity, strength, s_text, s_id):
+    def step(params, x, t, t_next, text, identity, strength, s_text, s_id, embeddings=None):
+      # Zero tokens (the null-text pass) zero a model's text embeddings too.
+      kw = {} if embeddings is None else {"text_embeddings": embeddings}
+
       def velocity(x, t):
         tb = jnp.full((x.shape[0],), t, jnp.float32)
-        apply = lambda tokens, ident: model.apply({"params": params}, x, tb, tokens, ident, strength)
+        apply = lambda tokens, ident: model.apply({"params": params}, x, tb, tokens, ident,
+                                                  strength, **kw)
         v_full = apply(text, identity)
         if passes == 1:
           return v_full
         no_id = identity.replace(char_valid=jnp.zeros_like(identity.char_valid))
         v_text = apply(text, no_id)
-        if passes == 2:
-          return v_text + s_id * (v_full - v_text)
-        v_null = apply(jnp.zeros_like(text), no_id)
-        return v_null + s_text * (v_text - v_null) + s_id * (v_full - v_text)
+        v_null = None if passes == 2 else apply(jnp.zeros_like(text), no_id)
+        faces = identity.face_masks * identity.char_valid[:, :, None, None, None]
+        faces = jnp.max(faces, axis=1)[..., None]  # [B, T, h, w, 1], the union
+        return samplers.guide(v_full, v_text, v_null, s_text, s_id, faces)
 
       return samplers.step(velocity, x, t, t_next, method)
 
@@ -307,8 +333,14 @@ class Generator:
           ref_valid[i, j, m] = True
         char_valid[i, j] = True
     text = np.zeros((n, self.text_len), np.int32)
-    for i, prompt in enumerate(prompts):
-      text[i] = prompts_lib.tokenize(prompt, self.text_len)
+    embeddings = None
+    if self.text_table is not None:
+      embeddings = np.zeros((n, self.text_len, self.text_table.text_dim), np.float32)
+      for i, prompt in enumerate(prompts):
+        text[i], embeddings[i] = self.text_table.lookup(prompt)
+    else:
+      for i, prompt in enumerate(prompts):
+        text[i] = prompts_lib.tokenize(prompt, self.text_len)
     strength = np.zeros((n,), np.float32)
     strength[:b] = strengths
     shape = (num_frames, side, side, self.channels)
@@ -325,11 +357,15 @@ class Generator:
     if boxes is not None:
       padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)
       padded_boxes[:b] = boxes
-    return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes)
+    return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes,
+                  embeddings)
 
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
     if not prompts:
       raise ValueError("At least one prompt is needed.")
+    if self.text_table is not None:
+      for prompt in prompts:
+        self.text_table.lookup(prompt)  # UsageError (a ValueError) naming a prompt it lacks
     if len(references) != len(prompts):
       raise ValueError(f"references has {len(references)} entries for {len(prompts)} prompts.")
     for i, chars in enumerate(references):
@@ -434,6 +470,8 @@ class Generator:
       chunks.append(dict(
           x=jax.device_put(host.noise[sl], self._frames_sharding(5)),
           text=self._put_batch(host.text[sl]),
+          embeddings=(None if host.text_embeddings is None
+                      else self._put_batch(host.text_embeddings[sl])),
           identity=identity, strength=self._put_batch(host.strength[sl])))
     jax.block_until_ready([c["identity"] for c in chunks])
     timings["encode_s"] = time.perf_counter() - start
@@ -449,7 +487,7 @@ class Generator:
         t_next = jax.device_put(grid[i + 1], self._replicated)
         for c in chunks:
           c["x"] = step_fn(self.params, c["x"], t, t_next, c["text"], c["identity"],
-                           c["strength"], s_text_a, s_id_a)
+                           c["strength"], s_text_a, s_id_a, c["embeddings"])
         if i == 0:
           jax.block_until_ready([c["x"] for c in chunks])
           timings["first_step_s"] = time.perf_counter() - start  # includes compilation

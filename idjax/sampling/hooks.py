@@ -35,7 +35,12 @@ def write_samples(config, workdir, step, num=2):
   layout = [
       [c["boxes"][j] for j in range(len(c["boxes"])) if c["character_valid"][j]] for c in clips
   ]
-  out = Generator.from_workdir(workdir).generate(
+  generator = Generator.from_workdir(workdir)
+  if generator.text_table is not None:
+    # A model reading precomputed text embeddings samples the world's prompts
+    # that its table has, and the others without text, rather than stop a run.
+    prompts = [p if p in generator.text_table else "" for p in prompts]
+  out = generator.generate(
       prompts, references, num_frames=frames, layout=layout, seed=step, progress=False
   )
   folder = os.path.join(workdir, "samples")

@@ -10,6 +10,7 @@ of the mesh: an abstract init (no FLOPs, no memory) laid out by the rules
 table, as `Generator.from_workdir` restores them.
 """
 
+import functools
 import math
 import os
 
@@ -19,6 +20,7 @@ from idjax import models
 from idjax import restore
 from idjax import sharding
 from idjax.configlib import UsageError
+from idjax.models.wan.identity_dit import dummy_text_embeddings
 
 _F32 = 4
 
@@ -44,7 +46,9 @@ def param_bytes_per_device(config, mesh=None) -> int:
   pt, ph, pw = (int(v) for v in m.patch_size)
   args = models.dummy_inputs(m, batch=1, frames=pt, height=ph, width=pw, text_len=1,
                              num_chars=int(m.max_characters))
-  boxed = jax.eval_shape(models.build_model(m).init, jax.random.key(0), *args)["params"]
+  model = models.build_model(m)
+  init = functools.partial(model.init, **dummy_text_embeddings(model, 1, 1))
+  boxed = jax.eval_shape(init, jax.random.key(0), *args)["params"]
   per_device = {}
   for a in jax.tree.leaves(restore.abstract_params(boxed, mesh, config.sharding.rules)):
     shard = math.prod(a.sharding.shard_shape(a.shape)) * a.dtype.itemsize

@@ -34,6 +34,30 @@ def timesteps(steps: int, shift: float = 1.0) -> np.ndarray:
   return t.astype(np.float32)
 
 
+def guide(v_full, v_text, v_null, s_text, s_id, faces):
+  """Classifier-free guidance with separate text and identity scales.
+
+    v = v_null + s_text (v_text - v_null) + s (v_full - v_text),
+    s = 1 + (s_id - 1) * faces,
+
+  so identity guidance acts only where a face goes. Elsewhere the identity
+  pass is taken as it is: there the identity should change nothing, and
+  scaling the two passes' difference only amplifies the less-trained
+  no-identity pass's errors into background blotches (measured: the
+  background's high-frequency energy rose from 0.32 to 0.81 of real at
+  s_id = 2 with no disc or gradient edge more in the pictures).
+
+  Args:
+    v_full: velocity with text and identity; v_text: text only; v_null:
+      neither (None when s_text is 1: then v_text stands in for it).
+    faces: float [B, T, h, w, 1] in [0, 1] broadcastable against v, the union
+      of the face masks (all ones without a layout: plain CFG).
+  """
+  scale = 1.0 + (s_id - 1.0) * faces
+  base = v_text if v_null is None else v_null + s_text * (v_text - v_null)
+  return base + scale * (v_full - v_text)
+
+
 def step(velocity_fn, x, t, t_next, method: str = "euler"):
   """One ODE step from time t to t_next (scalars, t_next < t)."""
   dt = (t_next - t).astype(x.dtype)

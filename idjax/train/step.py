@@ -98,7 +98,11 @@ def make_train_step(config, model, encoder, autoencoder=None):
         x0=x0, noise=r["noise"], t=r["t"], id_start=r["id_start"],
         text_tokens=jnp.where(r["drop_text"][:, None], 0, batch["text_tokens"]),
         ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
-        char_valid=char_valid, masks=masks, boxes=batch["boxes"], canvas=canvas)
+        char_valid=char_valid, masks=masks, boxes=batch["boxes"], canvas=canvas,
+        # Precomputed UMT5 output (a Wan model's data.text_embeddings), or None.
+        # Text dropout needs nothing more: the model zeroes every position
+        # whose token is 0, and dropped rows have all tokens 0.
+        text_embeddings=batch.get("text_embeddings"))
 
   def loss_fn(trained, fixed, mb, frozen, dropout_key):
     params = trained if fixed is None else merge(fixed, trained)
@@ -106,8 +110,9 @@ def make_train_step(config, model, encoder, autoencoder=None):
     identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
                               mb["char_valid"], mb["masks"], mb["canvas"])
     strength = jnp.ones_like(mb["t"])
+    text = {} if mb["text_embeddings"] is None else {"text_embeddings": mb["text_embeddings"]}
     v_hat = model.apply({"params": params}, x_t, mb["t"], mb["text_tokens"], identity,
-                        strength, deterministic=False, rngs={"dropout": dropout_key})
+                        strength, deterministic=False, rngs={"dropout": dropout_key}, **text)
     per_example = losses.denoising_loss(v_hat, diffusion.velocity_target(mb["x0"], mb["noise"]))
     denoise = jnp.mean(per_example * loss_weight(mb["t"]))
     metrics = dict(denoise_loss=denoise)

@@ -14,10 +14,12 @@ import os
 import jax
 import jax.numpy as jnp
 
-from idjax import config_rules, configlib, models, paths, sharding
+from idjax import config_rules, configlib, models, paths, restore, sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
+from idjax.data import text_embeddings
 from idjax.data.pipeline import GlobalBatches, make_source
 from idjax.face.frozen import FrozenFaceEncoder
+from idjax.models.wan.identity_dit import dummy_text_embeddings
 from idjax.rng import derive
 from idjax.train import checkpoint, loop
 from idjax.train.state import create_state, make_optimizer, trainable_filter
@@ -102,6 +104,27 @@ def train_flops_per_step(config, encoder, autoencoder=None) -> float:
       face_feature_dim=encoder.feature_dim, face_cells=encoder.feature_cells)
 
 
+def init_from_workdir(setup, workdir, trainable):
+  """`init` for a fine-tuning run: a fresh state (step 0, new optimizer
+  state) whose params and EMA are the EMA params of another video workdir's
+  newest checkpoint, laid out as the setup's state. UsageError (one
+  sentence) when that workdir holds no checkpoint or its params do not fit
+  this model (e.g. another width)."""
+  source = os.path.abspath(workdir)
+  tx, _ = make_optimizer(setup.config.train)
+  fresh = jax.jit(lambda p: create_state(p, tx, setup.config.seed, trainable=trainable),
+                  out_shardings=setup.state_shardings)
+
+  def init():  # called only by a run that has no checkpoint of its own
+    if not os.path.isdir(source):
+      raise configlib.UsageError(f"train.init_from {source} is not a folder (a video workdir).")
+    step, params = restore.restore_ema(source, setup.abstract_state.params)
+    print(f"Starting from the EMA params of {source} (step {step}).", flush=True)
+    return fresh(params)
+
+  return init
+
+
 @dataclasses.dataclass
 class Setup:
   """The compiled pieces of a run on one mesh.
@@ -137,7 +160,8 @@ def make_setup(config, model, encoder, mesh, autoencoder=None) -> Setup:
   def init_boxed():
     key = derive(config.seed, 0, "init")
     variables = model.init({"params": key, "dropout": key},
-                           *model_inputs(config, encoder, autoencoder=autoencoder))
+                           *model_inputs(config, encoder, autoencoder=autoencoder),
+                           **dummy_text_embeddings(model, 1, int(config.data.text_len)))
     return create_state(variables["params"], tx, config.seed, trainable=trainable)
 
   init, abstract, state_shardings = loop.sharded_init(init_boxed, mesh, rules)
@@ -207,9 +231,13 @@ def train(config, workdir, *, model=None, encoder=None, autoencoder=None, batche
       raise configlib.UsageError(f"{e}") from e
     batches = GlobalBatches(source, global_batch_size=tc.batch_size,
                             seed=config.data.seed, mesh=mesh, rules=config.sharding.rules,
-                            text_len=config.data.text_len)
+                            text_len=config.data.text_len,
+                            text_embeddings=text_embeddings.for_config(config))
+  init = setup.init
+  if tc.get("init_from", ""):
+    init = init_from_workdir(setup, tc.init_from, trainable_filter(tc.trainable, model))
   _, metrics = loop.run(
-      config, workdir, init=setup.init, abstract_state=setup.abstract_state,
+      config, workdir, init=init, abstract_state=setup.abstract_state,
       step_fn=setup.run_step, batches=batches, settings=loop.Settings.from_config(tc),
       check_compatible=checkpoint.check_compatible, hooks=hooks, stop_at=stop_at,
       progress=progress, flops_per_step=train_flops_per_step(config, encoder, autoencoder),

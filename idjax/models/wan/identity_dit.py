@@ -107,6 +107,11 @@ class WanIdentityDiT(nn.Module):
   # train.state.trainable_filter).
   adapter_scopes = ("identity", "character_bank", "prompt_embedding")
 
+  @property
+  def reads_text_embeddings(self) -> bool:
+    """True when the model takes precomputed `text_embeddings` (no prompt table)."""
+    return not self.text_vocab_size
+
   def __post_init__(self):
     # Configs are checked when loaded (idjax/config_rules.py); this catches a
     # model built by hand with a bad option, before anything is traced.
@@ -229,6 +234,14 @@ class WanIdentityDiT(nn.Module):
     if text_tokens is not None:
       text = text * (text_tokens != 0)[..., None]
     return nn.with_logical_constraint(text, ("batch", "length", None))
+
+
+def dummy_text_embeddings(model, batch: int, text_len: int) -> dict:
+  """Keyword inputs for init / eval_shape: zero `text_embeddings` [batch, L,
+  text_dim] for a model that reads them, else none (any other model)."""
+  if not getattr(model, "reads_text_embeddings", False):
+    return {}
+  return {"text_embeddings": jnp.zeros((batch, text_len, model.text_dim), jnp.float32)}
 
 
 def with_backbone(params, backbone_params):

@@ -9,6 +9,7 @@
 factor of 4.
 """
 
+import json
 import os
 import re
 
@@ -58,6 +59,18 @@ def vae_from_config(config: dict) -> vae_lib.WanVAE:
       num_res_blocks=int(config.get("num_res_blocks", defaults.num_res_blocks)),
       temporal_downsample=temporal,
   )
+
+
+def is_wan_vae_folder(folder) -> bool:
+  """True when `folder`/config.json is a diffusers AutoencoderKLWan's (a `vae/`
+  folder), so that loaders of the project's own autoencoder workdirs can
+  hand it to FrozenWanVAE."""
+  try:
+    with open(os.path.join(os.fspath(folder), "config.json")) as f:
+      config = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(config, dict) and config.get("_class_name") == "AutoencoderKLWan"
 
 
 def abstract_params(module: vae_lib.WanVAE) -> dict:
