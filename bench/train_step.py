@@ -5,6 +5,12 @@ and step time as the number of frames grows, with and without remat.
   python bench/train_step.py [--quick] [--config configs/tiny.py] [--out bench/results/train_step.json]
   python bench/train_step.py --config configs/base.py --config.train.batch_size=16 \
       --measure config --out bench/results/train_step_base_h200_b16.json   # one GPU
+  python bench/train_step.py --measure peer-shape --out bench/results/train_step_peer_shape.json
+
+`--measure peer-shape` is the shape of issue 17, at which bench/peer_latte.py
+times diffusers' Latte (bench/peer_compare.sh runs the two alternately):
+width 256, depth 4, 4 heads, 16 frames of 32x32 pixels, patch (1, 2, 2),
+batch 2, float32, pixel space, on top of --config's other settings.
 
 Runs on whatever JAX finds (CPU, one GPU, a TPU host); the model's dtype and
 attention kernel come from the config (configs/base.py: bf16 + cuDNN). The
@@ -84,6 +90,13 @@ def synthetic_batch(config, batch_size):
       index=np.arange(b, dtype=np.int32))
 
 
+def xla_flops(compiled):
+  """FLOPs of the compiled step by XLA's cost analysis (None if unavailable)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) and cost else cost
+  return None if not cost or "flops" not in cost else float(cost["flops"])
+
+
 def peak_rss_mib():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -104,6 +117,18 @@ def prepare(config, encoder):
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, config.sharding.rules))
            for k, v in synthetic_batch(config, config.train.batch_size).items()}
   return setup, setup.init(), batch, setup.frozen, autoencoder
+
+
+def peer_shape(config):
+  """`config` at the shape of bench/peer_latte.py (issue 17)."""
+  config = config.copy_and_resolve_references()
+  config.model.space, config.model.channels, config.model.reference_canvas = "pixel", 3, False
+  config.model.width, config.model.depth, config.model.num_heads = 256, 4, 4
+  config.model.patch_size = (1, 2, 2)
+  config.model.dtype = config.model.param_dtype = "float32"
+  config.data.num_frames, config.data.resolution = 16, 32
+  config.train.batch_size = 2
+  return config
 
 
 def measure(config, encoder, steps: int) -> dict:
@@ -130,11 +155,39 @@ def measure(config, encoder, steps: int) -> dict:
       remat=config.model.remat_policy, step_s=step_s,
       samples_per_s=config.train.batch_size / step_s, compile_s=compile_s,
       model_flops_per_step=flops, model_flops_per_s=flops / step_s,
+      xla_flops_per_step=xla_flops(compiled),
       compiled_temp_mib=None if mem is None else mem.temp_size_in_bytes / 2 ** 20,
       compiled_total_mib=None if mem is None else (
           mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes) / 2 ** 20,
       peak_rss_mib_so_far=peak_rss_mib(), device_peak_mib=device_peak_mib(),
       loss=float(metrics["loss"]))
+
+
+def serve(config, encoder, peak_n):
+  """For bench/peer_compare.py: compiles `config`'s step, then on each stdin
+  line "step" (or "matmul") times one train step (or one peak_n^2 matmul)
+  and prints a line "@@ {json}"; so two programs can be timed alternately,
+  in the same minutes of a shared machine."""
+  setup, state, batch, enc, autoencoder = prepare(config, encoder)
+  with sharding.activation_sharding(setup.mesh, config.sharding.rules):
+    compiled = setup.jitted(batch).lower(state, batch, enc).compile()
+  flops = trainer.train_flops_per_step(config, encoder, autoencoder)
+  a = jax.random.normal(jax.random.key(0), (peak_n, peak_n), jnp.float32)
+  matmul = jax.jit(lambda x: x @ x)
+  matmul(a).block_until_ready()
+  state, metrics = compiled(state, batch, enc)
+  jax.block_until_ready(metrics)
+  print("@@ " + json.dumps(dict(ready=True, flops_per_step=flops)), flush=True)
+  for line in sys.stdin:
+    t0 = time.perf_counter()
+    if line.strip() == "step":
+      state, metrics = compiled(state, batch, enc)
+      jax.block_until_ready(metrics)
+    elif line.strip() == "matmul":
+      matmul(a).block_until_ready()
+    else:
+      break
+    print("@@ " + json.dumps(dict(seconds=time.perf_counter() - t0)), flush=True)
 
 
 def main(argv):
@@ -144,7 +197,11 @@ def main(argv):
   p.add_argument("--quick", action="store_true", help="small batches, fewer steps")
   p.add_argument("--frames", default="8,16,32,64")
   p.add_argument("--measure", default="config,medium,frames",
-                 help="what to run: the config itself, a medium-width copy, the frames sweep")
+                 help="what to run: the config itself, a medium-width copy, the frames sweep, "
+                 "peer-shape (issue 17's comparison with bench/peer_latte.py)")
+  p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+  p.add_argument("--serve", action="store_true",
+                 help="compile the --measure shape, then time steps on request (bench/peer_compare.py)")
   args, rest = p.parse_known_args(argv)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   base = configlib.load_config_file(args.config)
@@ -152,12 +209,15 @@ def main(argv):
   base.mesh = type(base.mesh)(dict(data=-1, fsdp=1, tensor=1, sequence=1)) \
       if jax.device_count() == 1 else base.mesh
   encoder = random_encoder(root)
-  steps = 2 if args.quick else 5
+  steps = args.steps or (2 if args.quick else 5)
   measure_what = set(args.measure.split(","))
-  if not measure_what <= {"config", "medium", "frames"}:
-    raise SystemExit(f"--measure takes config, medium and frames, got {args.measure!r}")
+  if not measure_what <= {"config", "medium", "frames", "peer-shape"}:
+    raise SystemExit(f"--measure takes config, medium, frames and peer-shape, got {args.measure!r}")
   on_cpu = jax.default_backend() == "cpu"
   n = 1024 if args.quick and on_cpu else (4096 if on_cpu else 8192)
+  if args.serve:
+    cfg = peer_shape(base) if "peer-shape" in measure_what else base
+    return serve(cfg.copy_and_resolve_references(), encoder, n)
   dtype = jnp.dtype(base.model.dtype)
   peak = matmul_flops_per_s(n, dtype)
   result = dict(device=str(jax.devices()[0].device_kind), backend=jax.default_backend(),
@@ -181,11 +241,12 @@ def main(argv):
   medium = base.copy_and_resolve_references()
   medium.model.width, medium.model.depth, medium.model.num_heads = 256, 6, 8
   config_name = os.path.splitext(os.path.basename(args.config))[0]
-  for what, name, cfg in (("config", config_name, base), ("medium", "medium", medium)):
+  for what, name, cfg in (("config", config_name, base), ("medium", "medium", medium),
+                          ("peer-shape", "peer_shape", peer_shape(base))):
     if what not in measure_what:
       continue
     cfg = cfg.copy_and_resolve_references()
-    if args.quick:
+    if args.quick and what != "peer-shape":
       cfg.train.batch_size = 4
     result["configs"][name] = r = measure(cfg, encoder, steps)
     report(name, r)

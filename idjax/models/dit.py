@@ -49,6 +49,20 @@ def block_class(remat_policy: str, scan_blocks: bool):
                   prevent_cse=not scan_blocks)
 
 
+# Scans this short are unrolled. A rolled scan's backward pass stacks every
+# block's residuals into [depth, ...] buffers (zero-filled, written with
+# dynamic-update-slice, read back with dynamic-slice): on a CPU that was
+# about a quarter of the train step at issue 17's shape, none of it
+# arithmetic. Unrolled, the parameters keep their stacked "layers" axis and
+# the residuals are plain buffers; deeper stacks stay rolled for compile time.
+MAX_UNROLLED_DEPTH = 8
+
+
+def scan_unroll(depth: int) -> int:
+  """nn.scan's `unroll` for a stack of `depth` blocks."""
+  return depth if depth <= MAX_UNROLLED_DEPTH else 1
+
+
 LAYOUT_CHANNELS = 3
 
 
@@ -247,6 +261,7 @@ class VideoDiT(nn.Module):
     if self.scan_blocks:
       stack = nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True},
                       in_axes=(nn.broadcast,) * 5, length=self.depth,
+                      unroll=scan_unroll(self.depth),
                       metadata_params={nn.PARTITION_NAME: "layers"})
       h, _ = stack(name="blocks", **block_fields)(h, cond, text, text_mask, ident, strength)
     else:
