@@ -26,9 +26,13 @@ def get_config():
   config.model.patch_size = (2, 8, 8)
   config.model.width = 1152
   config.model.depth = 28
-  config.model.num_heads = 16
+  # Heads of 128: cuDNN's flash kernels tile the head dim in 64s, so DiT-XL's
+  # 16 heads of 72 paid for 128. On one H100 at batch 8 the step went from
+  # 381 to 343 ms (bench/results/train_step_base_h100_b8_*.json). The text
+  # encoder shares the head count, hence 576 = 9 x 64 wide.
+  config.model.num_heads = 9
   config.model.mlp_ratio = 4.0
-  config.model.text_width = 768
+  config.model.text_width = 576
   config.model.text_layers = 4
   config.model.num_identity_tokens = 32
   config.model.identity_layers = 4

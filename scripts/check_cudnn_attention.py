@@ -25,9 +25,11 @@ from idjax import configlib
 from idjax.models import attention
 import train_step as bench
 
-SHAPES = [  # (batch, Lq, Lk, heads, head_dim): spatial, temporal, text, identity bank, resampler
-    (8, 256, 256, 16, 72), (64, 8, 8, 16, 72), (2, 2048, 64, 16, 72),
-    (2, 2048, 128, 16, 72), (8, 32, 51, 16, 72), (2, 64, 64, 16, 48)]
+SHAPES = [  # (batch, Lq, Lk, heads, head_dim): spatial, temporal, text, identity bank,
+    # resampler, text encoder; base.py's 9 heads of 128 (text 64), then DiT-XL's 16 of 72
+    (8, 256, 256, 9, 128), (64, 8, 8, 9, 128), (2, 2048, 64, 9, 128),
+    (2, 2048, 128, 9, 128), (8, 32, 51, 9, 128), (2, 64, 64, 9, 64),
+    (8, 256, 256, 16, 72), (64, 8, 8, 16, 72), (2, 2048, 64, 16, 72)]
 
 
 def attention_errors():
