@@ -103,6 +103,7 @@ def get_config():
   config.train.id_loss_max_t = 0.6       # identity loss only where t <= this
   config.train.id_loss_frames = 4        # consecutive frames per clip
   config.train.id_loss_latent_window = 0  # latent space: cells decoded around each face (0: whole frames)
+  config.train.context_prob = 0.0        # share of clips whose first 1..T-1 frames are given clean (t = 0)
   config.train.log_every = 10
   config.train.checkpoint_every = 500
   config.train.keep_checkpoints = 2

@@ -184,6 +184,7 @@ VIDEO = COMMON + (
     ("train.text_dropout", PROBABILITY),
     ("train.identity_dropout", PROBABILITY),
     ("train.mask_dropout", PROBABILITY),
+    ("train.context_prob", PROBABILITY),
     ("train.lambda_id", number(0.0)),
     ("train.lambda_temporal", number(0.0)),
     ("train.id_loss_max_t", PROBABILITY),
@@ -287,6 +288,7 @@ ABSENT_AS = {
     "model.backbone": "idjax",       # before the Wan backbone
     "train.trainable": "all",        # before frozen-backbone training
     "train.init_from": "",           # before fine-tuning from another workdir
+    "train.context_prob": 0.0,       # before clean-context (per-frame t) training
     "model.space": "pixel",          # before latent-space models
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas

@@ -25,7 +25,7 @@ def to_uint8(x):
 
 
 def _expand(t, x):
-  """t [B] -> [B, 1, ..., 1] broadcastable against x [B, ...]."""
+  """t [B] (or per frame [B, T]) -> [B, (T,) 1, ..., 1] broadcastable against x."""
   return jnp.reshape(t, t.shape + (1,) * (x.ndim - t.ndim))
 
 

@@ -18,10 +18,11 @@ import jax.numpy as jnp
 from idjax.face.crop import crop_and_resize
 
 
-def denoising_loss(velocity_pred, velocity_target):
-  """Per-example mean squared velocity error: [B, ...] x2 -> float32 [B]."""
+def denoising_loss(velocity_pred, velocity_target, example_axes: int = 1):
+  """Mean squared velocity error per example: [B, ...] x2 -> float32 [B]; or,
+  with example_axes=2, per frame: [B, T, ...] x2 -> [B, T]."""
   err = jnp.square(velocity_pred.astype(jnp.float32) - velocity_target)
-  return jnp.mean(err, axis=tuple(range(1, err.ndim)))
+  return jnp.mean(err, axis=tuple(range(example_axes, err.ndim)))
 
 
 def _masked_mean(values, mask, axis):

@@ -25,6 +25,7 @@ from idjax.eval import benchmark
 from idjax.eval import probe as probe_lib
 from idjax.face.encoder import encoder_from_config
 from idjax.face.frozen import FrozenFaceEncoder, build_encoder, save_face_encoder
+from idjax.models import blocks
 from idjax.train import checkpoint, trainer
 from idjax.train.state import create_state, make_optimizer
 
@@ -330,9 +331,10 @@ class TinyVideoModel(nn.Module):
       x = jnp.concatenate([x, canvas], axis=-1)
     h = _dense(self.width, ("conv_in", "embed"), "embed_in")(x)
     h = nn.with_logical_constraint(h, ("batch", "frames", None, None, "embed"))
-    cond = _dense(self.width, (None, "embed"), "time")(t[:, None])
+    # t [B], or per frame [B, T] (clean context at 0).
+    time = _dense(self.width, (None, "embed"), "time")(t[..., None])
     text = jnp.mean((text_tokens > 0).astype(jnp.float32) * text_tokens, axis=1, keepdims=True)
-    cond = cond + _dense(self.width, (None, "embed"), "text")(text / 10.0)
+    cond = _dense(self.width, (None, "embed"), "text")(text / 10.0)
     if identity is not None:
       valid = (identity.ref_valid & identity.char_valid[..., None]).astype(jnp.float32)
       ref = jnp.sum(identity.ref_embeddings * valid[..., None], axis=(1, 2))
@@ -340,7 +342,7 @@ class TinyVideoModel(nn.Module):
       cond = cond + identity_strength[:, None] * _dense(self.width, (None, "embed"), "id")(ref)
       mask = jnp.max(identity.face_masks, axis=1)[..., None]  # [B, T, H, W, 1]
       h = h * (1.0 + mask)
-    h = nn.gelu(h + cond[:, None, None, None, :])
+    h = nn.gelu(h + blocks.per_token(time, h) + cond[:, None, None, None, :])
     h = nn.gelu(_dense(2 * self.width, ("embed", "mlp"), "hidden")(h))
     return _dense(x.shape[-1] // (2 if self.reference_canvas else 1), ("mlp", None), "out")(h)
 

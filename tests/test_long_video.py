@@ -195,3 +195,29 @@ def test_sample_cli_extends_a_clip_keeping_its_frames(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
       sample.main(argv + bad)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_model_trained_with_clean_context_is_given_it_at_t_0(gen, refs):
+  """train.context_prob > 0: the context frames enter every step clean with
+  per-frame t = 0 (not re-noised to t, as for other models)."""
+  cfg = gen.config.copy_and_resolve_references()
+  cfg.train.context_prob = 0.5
+  clean = Generator(cfg, jax.device_get(gen.params), gen.face_encoder, mesh=one_device_mesh())
+  rng = np.random.default_rng(3)
+  given = rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
+  kw = dict(given=given, chunk_frames=4, context_frames=2, seed=5)
+  a = extend_lib.extend(clean, "a person", refs, 6, **kw)
+  np.testing.assert_array_equal(
+      a["frames"], extend_lib.extend(clean, "a person", refs, 6, **kw)["frames"]
+  )
+  np.testing.assert_array_equal(a["frames"][:2], given)
+  replaced = extend_lib.extend(gen, "a person", refs, 6, **kw)
+  assert not np.array_equal(a["frames"][2:], replaced["frames"][2:])
+  other = extend_lib.extend(
+      clean,
+      "a person",
+      refs,
+      6,
+      **{**kw, "given": rng.integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)},
+  )
+  assert not np.array_equal(a["frames"][2:], other["frames"][2:])

@@ -331,3 +331,30 @@ def test_query_blocks_keep_attention_memory_linear():
   assert temp_bytes(1024, None) >= scores(1024)
   assert temp_bytes(1024, 64) < scores(1024) / 4
   assert temp_bytes(2048, 64) < 2.5 * temp_bytes(1024, 64)   # linear, not x4
+
+
+def test_per_frame_timesteps_equal_to_one_t_are_the_per_example_model():
+  _, apply, params, args = model_setup()
+  x, t = args[0], args[1]
+  per_frame = jnp.broadcast_to(t[:, None], x.shape[:2])
+  np.testing.assert_allclose(apply({"params": params}, x, per_frame, *args[2:]),
+                             apply({"params": params}, *args), rtol=1e-6, atol=1e-6)
+
+
+def test_a_frames_timestep_reaches_only_later_frames_of_a_causal_model():
+  """Per-frame t conditions each frame's own tokens: with causal temporal
+  attention, frame 2's t changes frames 2.. and leaves frames 0, 1 alone."""
+  _, apply, params, args = model_setup(temporal_causal=True)
+  x, t = args[0], args[1]
+  per_frame = jnp.broadcast_to(t[:, None], x.shape[:2])
+  y0 = apply({"params": params}, x, per_frame, *args[2:])
+  y1 = apply({"params": params}, x, per_frame.at[:, 2].set(0.0), *args[2:])
+  changed = np.abs(np.asarray(y1 - y0)).max(axis=(0, 2, 3, 4))
+  np.testing.assert_array_equal(changed[:2], 0.0)
+  assert changed[2] > 1e-3 and changed[3] > 1e-4
+
+
+def test_per_frame_timesteps_of_the_wrong_shape_are_refused():
+  _, apply, params, args = model_setup()
+  with pytest.raises(ValueError, match="per-frame timesteps must be"):
+    apply({"params": params}, args[0], jnp.zeros((args[0].shape[0], 3)), *args[2:])

@@ -122,3 +122,15 @@ def test_guide_scales_identity_inside_faces_and_leaves_the_rest():
   ones = np.ones_like(faces)
   np.testing.assert_allclose(samplers.guide(v_full, v_text, None, 1.0, 3.0, ones),
                              v_text + 3.0 * (v_full - v_text), rtol=1e-6, atol=1e-6)
+
+
+def test_per_frame_step_leaves_clean_context_frames_where_they_are():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 3, 3, 2))
+  v = lambda x, t: 2.0 * x + jnp.reshape(t, (1, -1, 1, 1, 1)) if jnp.ndim(t) else 2.0 * x + t
+  t = jnp.array([0.0, 0.0, 0.7, 0.7])
+  t_next = jnp.array([0.0, 0.0, 0.4, 0.4])
+  for method in ("euler", "heun"):
+    out = samplers.step(v, x, t, t_next, method)
+    np.testing.assert_array_equal(out[:, :2], x[:, :2])          # the context: not moved
+    alone = samplers.step(v, x[:, 2:], jnp.float32(0.7), jnp.float32(0.4), method)
+    np.testing.assert_allclose(out[:, 2:], alone, rtol=1e-6)     # the rest: a plain step

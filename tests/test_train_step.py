@@ -13,7 +13,7 @@ import pytest
 
 from idjax import sharding
 from idjax.train import trainer
-from idjax.train.step import make_train_step
+from idjax.train.step import draw_example_randomness, make_train_step
 
 from helpers import (H, T, TinyVideoModel, latent_config, mesh_for, numpy_batch, one_step,
                      put_batch, tiny_autoencoder, tiny_encoder, tiny_train_config)
@@ -138,3 +138,31 @@ def test_real_model_step(encoder):
   assert ref["applied"] == 1.0 and np.isfinite(ref["identity_loss"])
   np.testing.assert_allclose(metrics["loss"], ref["loss"], rtol=1e-4)
   chex.assert_trees_all_close(state.params, ref_state.params, atol=1e-5, rtol=1e-4)
+
+
+def test_clean_context_draws_leave_the_other_draws_alone():
+  tc = tiny_train_config().train
+  index = jnp.arange(400, dtype=jnp.int32)
+  shape = (400, 6, 2, 2, 3)
+  plain = draw_example_randomness(tc, jax.random.key(0), 3, index, shape)
+  tc.context_prob = 0.5
+  drawn = draw_example_randomness(tc, jax.random.key(0), 3, index, shape)
+  assert "context" not in plain and set(drawn) == set(plain) | {"context"}
+  for key in plain:
+    np.testing.assert_array_equal(drawn[key], plain[key], err_msg=key)
+  context = np.asarray(drawn["context"])
+  assert abs(np.mean(context > 0) - 0.5) < 0.08
+  assert set(np.unique(context)) == {0, 1, 2, 3, 4, 5}   # 1..T-1 given frames, or none
+
+
+def test_clean_context_step_is_mesh_invariant_and_changes_the_loss(encoder):
+  config = tiny_train_config()
+  model = TinyVideoModel()
+  _, plain = one_step(config, model, encoder, {})
+  config.train.context_prob = 0.5
+  ref_state, ref = one_step(config, model, encoder, {})
+  assert ref["applied"] == 1.0 and abs(ref["denoise_loss"] - plain["denoise_loss"]) > 1e-4
+  state, metrics = one_step(config, model, encoder, dict(data=2, fsdp=2, tensor=2))
+  for key in ("loss", "denoise_loss", "identity_loss", "grad_norm"):
+    np.testing.assert_allclose(metrics[key], ref[key], rtol=2e-5, err_msg=key)
+  chex.assert_trees_all_close(state.params, ref_state.params, atol=1e-6, rtol=1e-5)

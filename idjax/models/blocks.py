@@ -60,10 +60,16 @@ class Mlp(nn.Module):
     return dense(width, ("mlp", "embed"), name="fc2", **kw)(h)
 
 
+def per_token(v, x):
+  """A modulation v, per example [B, D] or per frame [B, T, D] (per-frame
+  timesteps), shaped to broadcast against tokens x [B, T, ..., D]."""
+  lead = v.shape[:-1]
+  return v.reshape(lead + (1,) * (x.ndim - len(lead) - 1) + v.shape[-1:])
+
+
 def modulate(x, shift, scale):
-  """adaLN: x [B, ..., D] with per-sample shift, scale [B, D]."""
-  expand = (slice(None),) + (None,) * (x.ndim - 2)
-  return x * (1 + scale[expand]) + shift[expand]
+  """adaLN: x [B, T, ..., D] with shift, scale [B, D] or [B, T, D] (`per_token`)."""
+  return x * (1 + per_token(scale, x)) + per_token(shift, x)
 
 
 class SpatialAttention(nn.Module):
@@ -89,7 +95,7 @@ class SpatialAttention(nn.Module):
     angles = rope.rope_angles(rope.grid_positions(*self.grid), x.shape[-1] // self.num_heads)
     h = attention.Attention(self.num_heads, implementation=self.implementation, name="attn",
                             **kw)(h, q_angles=angles, k_angles=angles)
-    return x + gate[:, None, None, :] * einops.rearrange(h, "(b t) p d -> b t p d", b=b)
+    return x + per_token(gate, x) * einops.rearrange(h, "(b t) p d -> b t p d", b=b)
 
 
 # Frames per block of temporal attention's queries on long clips (XLA): the
@@ -124,7 +130,7 @@ class TemporalAttention(nn.Module):
                             query_block=TEMPORAL_QUERY_BLOCK, **kw)(
                                 h, q_angles=angles, k_angles=angles,
                                 is_causal=self.temporal_causal)
-    x = x + gate[:, None, None, :] * einops.rearrange(h, "(b p) t d -> b t p d", b=b)
+    x = x + per_token(gate, x) * einops.rearrange(h, "(b p) t d -> b t p d", b=b)
     return nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
 
 
@@ -170,7 +176,7 @@ class DiTBlock(nn.Module):
   Call: (x, cond, text, text_mask, ident, strength) -> (x, None); the pair
   return is what `nn.scan` wants.
     x         [B, T, P, D] video tokens, P = h * w
-    cond      [B, D] timestep embedding
+    cond      [B, D] timestep embedding, or [B, T, D] with per-frame timesteps
     text      [B, L, Dt] text embeddings; text_mask bool [B, L] (all False =
               no text: the text update is exactly zero)
     ident     None (no identity path at all) or a dict of arrays, one of:
@@ -201,7 +207,8 @@ class DiTBlock(nn.Module):
     # split this small product along the fsdp-sharded kernel instead, and
     # other shapes (or partial sums) change the last bits, which sampling's
     # bit-identical frames across meshes cannot afford.
-    mod = nn.with_logical_constraint(mod, ("batch", None))
+    mod = nn.with_logical_constraint(mod, ("batch", None) if mod.ndim == 2
+                                     else ("batch", "frames", None))
     (sh_s, sc_s, g_s, sh_t, sc_t, g_t, sh_m, sc_m, g_m) = jnp.split(mod, 9, axis=-1)
 
     x = SpatialAttention(self.grid, heads, impl, name="spatial", **kw)(x, sh_s, sc_s, g_s)
@@ -220,6 +227,6 @@ class DiTBlock(nn.Module):
       x = x + IdentityAttention(heads, impl, name="identity", **kw)(x, ident, strength)
 
     h = modulate(layer_norm("norm_mlp", affine=False, **kw)(x), sh_m, sc_m)
-    x = x + g_m[:, None, None, :] * Mlp(self.mlp_ratio, name="mlp", **kw)(h)
+    x = x + per_token(g_m, x) * Mlp(self.mlp_ratio, name="mlp", **kw)(h)
     x = nn.with_logical_constraint(x, ("batch", "frames", "patches", "embed"))
     return x, None

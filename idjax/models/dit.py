@@ -30,10 +30,10 @@ from idjax.models.wan.identity_dit import WanIdentityDiT
 
 
 def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
-  """Sinusoidal embedding of t [B] in [0, 1], scaled to 0..1000 -> [B, dim]."""
+  """Sinusoidal embedding of t [...] in [0, 1], scaled to 0..1000 -> [..., dim]."""
   half = dim // 2
   freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
-  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None]
+  args = 1000.0 * t.astype(jnp.float32)[..., None] * freqs
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
@@ -188,7 +188,9 @@ class VideoDiT(nn.Module):
 
     Args:
       x: float [B, T, H, W, C]; T, H, W divisible by the patch size.
-      t: [B] in [0, 1], 1 = pure noise.
+      t: [B] in [0, 1], 1 = pure noise; or [B, T], one per frame (clean
+        context frames at 0 beside noisy ones, `train.context_prob`). With a
+        temporal patch pt > 1 a patch's frames take its first frame's t.
       text_tokens: int32 [B, L], 0 = pad; an all-zero row = no text. May be
         None when `text_embeddings` is given (then every position is valid).
       identity: IdentityInputs or None (no identity path).
@@ -210,6 +212,11 @@ class VideoDiT(nn.Module):
       raise ValueError(f"Clip {frames}x{height}x{width} is not divisible by the patch size "
                        f"{tuple(self.patch_size)}.")
     grid = (height // ph, width // pw)
+    t = jnp.asarray(t)
+    if t.ndim == 2 and t.shape != (b, frames):
+      raise ValueError(f"per-frame timesteps must be [batch, frames] = {(b, frames)}, got {t.shape}.")
+    token_t = t[:, ::pt] if t.ndim == 2 else t
+    cond_axes = ("batch", "embed") if t.ndim == 1 else ("batch", "frames", "embed")
 
     # Identity strength (also gates the layout channels).
     strength = None
@@ -220,11 +227,11 @@ class VideoDiT(nn.Module):
     # Timestep conditioning. The per-example [B, D] vectors here and in the
     # adaLN layers are constrained batch-sharded, as the tokens are (see
     # blocks.DiTBlock for why).
-    cond = timestep_embedding(t, 256).astype(dtype)
+    cond = timestep_embedding(token_t, 256).astype(dtype)
     cond = blocks.dense(self.width, (None, "embed"), name="time_fc1", **kw)(cond)
-    cond = nn.with_logical_constraint(cond, ("batch", "embed"))
+    cond = nn.with_logical_constraint(cond, cond_axes)
     cond = blocks.dense(self.width, ("mlp", "embed"), name="time_fc2", **kw)(nn.silu(cond))
-    cond = nn.with_logical_constraint(cond, ("batch", "embed"))
+    cond = nn.with_logical_constraint(cond, cond_axes)
 
     # Patchify the clip together with its layout channels, and embed.
     inputs = [x.astype(jnp.float32), layout_map(identity, strength, x.shape)]
@@ -272,7 +279,8 @@ class VideoDiT(nn.Module):
     # Final adaLN and zero-init projection back to patches.
     mod = blocks.dense(2 * self.width, ("embed", None), zero_init=True, name="final_adaln",
                        **kw)(nn.silu(cond))
-    shift, scale = jnp.split(nn.with_logical_constraint(mod, ("batch", None)), 2, axis=-1)
+    shift, scale = jnp.split(nn.with_logical_constraint(mod, cond_axes[:-1] + (None,)), 2,
+                             axis=-1)
     h = blocks.modulate(blocks.layer_norm("norm_out", affine=False, **kw)(h), shift, scale)
     out = blocks.dense(pt * ph * pw * channels, ("embed", "conv_out"), zero_init=True,
                        name="unpatchify", **kw)(h)
@@ -305,7 +313,8 @@ def output_to_velocity(out, x, t, prediction: str):
     return out
   if prediction != "clean":
     raise ValueError(f"prediction must be 'velocity' or 'clean', got {prediction!r}.")
-  t = jnp.maximum(t.astype(jnp.float32), MIN_T).reshape((-1,) + (1,) * (x.ndim - 1))
+  t = jnp.maximum(t.astype(jnp.float32), MIN_T)
+  t = t.reshape(t.shape + (1,) * (x.ndim - t.ndim))   # per example [B] or per frame [B, T]
   return (x.astype(jnp.float32) - out) / t
 
 

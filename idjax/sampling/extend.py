@@ -4,9 +4,11 @@ A clip of T frames is made in chunks of `chunk_frames` frames. Every chunk
 after the first starts with the last `context_frames` frames made so far (or
 given), as clean context, and adds `chunk_frames - context_frames` new ones.
 
-How the context is held clean. The model takes one timestep per example
-(`VideoDiT(x, t [B], ...)`), not one per frame, so diffusion-forcing style
-per-frame timesteps (context at t = 0) would need retraining. Instead the
+How the context is held clean. A model trained with clean context
+(`train.context_prob` > 0: some training clips have their first frames
+given at t = 0 and only the rest noised) takes per-frame timesteps: the
+context frames enter every step clean, at t = 0, and do not move (their
+step is (0 - 0) v). Any other model takes one timestep per example, so the
 sampler "replaces": before every ODE step at noise level t the context
 frames of the state are set to the known clean context noised to t,
 `(1 - t) ctx + t n_ctx` (the rectified-flow forward process), and after the
@@ -137,6 +139,7 @@ def extend(
     )
   if len(given) >= num_frames:
     raise ValueError(f"{num_frames} frames leave nothing to add to {len(given)} given frames.")
+  clean_context = float(g.config.train.get("context_prob", 0.0)) > 0
   strengths = np.full((1,), strength, np.float32)
   g._check(
       [prompt],
@@ -177,6 +180,8 @@ def extend(
   s_text_a, s_id_a = put(jnp.float32(s_text)), put(jnp.float32(s_id))
   while made < num_frames:
     ctx_len = min(m, made)
+    if clean_context:  # whole temporal patches, which take one t
+      ctx_len -= ctx_len % pt
     lo = made - ctx_len
     if made > 0:
       starts.append(made)
@@ -194,10 +199,16 @@ def extend(
       ctx = _to_model_space(g, clip[None])
       ctx_noise = jax.random.normal(rng.derive(root, lo, "extend/context"), ctx.shape, jnp.float32)
     bar = tqdm(range(steps), desc=f"chunk at {lo}", disable=not progress, leave=False)
+    is_new = np.arange(chunk) >= ctx_len
     with sharding.activation_sharding(g.mesh, g.rules):
+      if ctx is not None and clean_context:
+        x = replace(x, ctx, ctx_noise, put(np.float32(0.0)))
       for i in bar:
         t, t_next = put(grid[i]), put(grid[i + 1])
-        if ctx is not None:
+        if ctx is not None and clean_context:
+          t = put(np.where(is_new, grid[i], 0.0).astype(np.float32))
+          t_next = put(np.where(is_new, grid[i + 1], 0.0).astype(np.float32))
+        elif ctx is not None:
           x = replace(x, ctx, ctx_noise, t)
         x = step_fn(
             g.params, x, t, t_next, text, identity, strength_a, s_text_a, s_id_a, embeddings

@@ -298,7 +298,8 @@ class Generator:
       kw = {} if embeddings is None else {"text_embeddings": embeddings}
 
       def velocity(x, t):
-        tb = jnp.full((x.shape[0],), t, jnp.float32)
+        # One t per example, or per frame ([T]: clean context at 0).
+        tb = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],) + jnp.shape(t))
         apply = lambda tokens, ident: model.apply({"params": params}, x, tb, tokens, ident,
                                                   strength, **kw)
         v_full = apply(text, identity)

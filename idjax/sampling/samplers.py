@@ -59,8 +59,14 @@ def guide(v_full, v_text, v_null, s_text, s_id, faces):
 
 
 def step(velocity_fn, x, t, t_next, method: str = "euler"):
-  """One ODE step from time t to t_next (scalars, t_next < t)."""
+  """One ODE step from time t to t_next (scalars, t_next < t).
+
+  t and t_next may also be per frame, [T] against x [B, T, ...]: frames
+  whose t and t_next are both 0 (clean context) do not move.
+  """
   dt = (t_next - t).astype(x.dtype)
+  if dt.ndim == 1:
+    dt = dt.reshape((1, -1) + (1,) * (x.ndim - 2))
   v = velocity_fn(x, t)
   if method == "euler":
     return x + dt * v

@@ -30,7 +30,16 @@ def draw_example_randomness(train_config, root, step, index, frames_shape):
 
   num_frames = frames_shape[1]
   window = min(int(train_config.id_loss_frames), num_frames)
+  # Clean context (train.context_prob): the first `context` frames of the
+  # example are given at t = 0 and only the rest are noised and scored, so
+  # the model learns to continue a clip (what long-video chunks do).
+  context_prob = float(train_config.get("context_prob", 0.0))
+  extra = {}
+  if context_prob > 0 and num_frames > 1:
+    count = jax.vmap(lambda k: jax.random.randint(k, (), 1, num_frames))(keys("context_frames"))
+    extra["context"] = jnp.where(bernoulli("context", context_prob), count, 0)
   return dict(
+      **extra,
       t=jax.vmap(lambda k: diffusion.sample_logit_normal(
           k, (), train_config.t_logit_mean, train_config.t_logit_std))(keys("t")),
       noise=jax.vmap(lambda k: jax.random.normal(k, frames_shape[1:], jnp.float32))(
@@ -94,8 +103,15 @@ def make_train_step(config, model, encoder, autoencoder=None):
     # Mask dropout: all-ones masks teach the model to place the face itself,
     # as it must when sampling without a layout.
     masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)
+    # Per-frame timesteps [B, T] when some examples have clean context.
+    if "context" in r:
+      new_frames = jnp.arange(x0.shape[1])[None, :] >= r["context"][:, None]
+      t_model = jnp.where(new_frames, r["t"][:, None], 0.0)
+    else:
+      new_frames, t_model = None, r["t"]
     return dict(
-        x0=x0, noise=r["noise"], t=r["t"], id_start=r["id_start"],
+        x0=x0, noise=r["noise"], t=r["t"], t_model=t_model, new_frames=new_frames,
+        id_start=r["id_start"],
         text_tokens=jnp.where(r["drop_text"][:, None], 0, batch["text_tokens"]),
         ref_emb=ref_emb, ref_fmap=ref_fmap, ref_valid=batch["reference_valid"],
         char_valid=char_valid, masks=masks, boxes=batch["boxes"], canvas=canvas,
@@ -106,19 +122,27 @@ def make_train_step(config, model, encoder, autoencoder=None):
 
   def loss_fn(trained, fixed, mb, frozen, dropout_key):
     params = trained if fixed is None else merge(fixed, trained)
-    x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], mb["t"])
+    t = mb["t_model"]
+    x_t = diffusion.noisy_sample(mb["x0"], mb["noise"], t)
     identity = IdentityInputs(mb["ref_emb"], mb["ref_fmap"], mb["ref_valid"],
                               mb["char_valid"], mb["masks"], mb["canvas"])
     strength = jnp.ones_like(mb["t"])
     text = {} if mb["text_embeddings"] is None else {"text_embeddings": mb["text_embeddings"]}
-    v_hat = model.apply({"params": params}, x_t, mb["t"], mb["text_tokens"], identity,
+    v_hat = model.apply({"params": params}, x_t, t, mb["text_tokens"], identity,
                         strength, deterministic=False, rngs={"dropout": dropout_key}, **text)
-    per_example = losses.denoising_loss(v_hat, diffusion.velocity_target(mb["x0"], mb["noise"]))
-    denoise = jnp.mean(per_example * loss_weight(mb["t"]))
+    target = diffusion.velocity_target(mb["x0"], mb["noise"])
+    if mb["new_frames"] is None:
+      per_example = losses.denoising_loss(v_hat, target)
+      denoise = jnp.mean(per_example * loss_weight(mb["t"]))
+    else:  # the mean over each example's new frames; context frames are given
+      per_frame = losses.denoising_loss(v_hat, target, example_axes=2)
+      new = mb["new_frames"].astype(jnp.float32)
+      denoise = jnp.mean(jnp.sum(per_frame * loss_weight(t) * new, axis=1)
+                         / jnp.sum(new, axis=1))
     metrics = dict(denoise_loss=denoise)
     total = denoise
     if lambda_id > 0:
-      x0_hat = diffusion.clean_estimate(x_t, mb["t"], v_hat.astype(jnp.float32))
+      x0_hat = diffusion.clean_estimate(x_t, t, v_hat.astype(jnp.float32))
       low_noise = (mb["t"] <= tc.id_loss_max_t).astype(jnp.float32)
       weight = mb["char_valid"].astype(jnp.float32) * low_noise[:, None]
       frozen = jax.lax.stop_gradient(frozen)

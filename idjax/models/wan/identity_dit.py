@@ -156,6 +156,11 @@ class WanIdentityDiT(nn.Module):
       float32 [B, T, H, W, channels], the velocity noise - x0.
     """
     del deterministic
+    if jnp.ndim(t) != 1:
+      raise ValueError(
+          "the Wan backbone takes one timestep per example (t [B]); per-frame "
+          "timesteps (train.context_prob) need model.backbone = 'idjax'."
+      )
     dtype = jnp.dtype(self.dtype)
     kw = dict(dtype=dtype, param_dtype=jnp.dtype(self.param_dtype))
     b = x.shape[0]
