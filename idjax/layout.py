@@ -103,3 +103,38 @@ def face_masks(boxes, height: int, width: int, shape: str = "ellipse",
   mask = xp.clip(inside / softness + 0.5, 0.0, 1.0)
   empty = (y1 <= y0) | (x1 <= x0)
   return xp.where(empty, 0.0, mask).astype(xp.float32)
+
+
+def latent_frame_groups(num_frames: int, temporal_factor: int) -> np.ndarray:
+  """The frames each latent frame of a causal video autoencoder covers: int32 [T', f].
+
+  A causal VAE with temporal factor f > 1 (Wan 2.1: 4) encodes frame 0 alone,
+  then each following group of f frames, so T = 1 + f k frames make
+  T' = 1 + k latent frames: latent frame 0 covers frame 0, latent frame
+  j >= 1 frames f (j - 1) + 1 .. f j. Row 0 holds frame 0 f times, so that
+  every row has f entries. f = 1: one latent frame per frame ([[0], ..., [T-1]]).
+
+  Raises ValueError (one sentence naming the valid counts) unless T = 1 + f k.
+  """
+  f = int(temporal_factor)
+  if num_frames < 1 or (num_frames - 1) % f:
+    raise ValueError(f"An autoencoder with temporal factor {f} takes 1 + {f}k frames "
+                     f"({', '.join(str(1 + f * k) for k in range(4))}, ...); got {num_frames}.")
+  later = np.arange(1, num_frames, dtype=np.int32).reshape(-1, f)
+  return np.concatenate([np.zeros((1, f), np.int32), later])
+
+
+def latent_face_masks(boxes, height: int, width: int, temporal_factor: int = 1, xp=np):
+  """`face_masks` of per-frame boxes [..., T, 4] at the latent frames: float32 [..., T', H, W].
+
+  With temporal factor 1 these are `face_masks` themselves. Otherwise a latent
+  frame's mask is the union (the maximum) of the masks of the frames it covers
+  (`latent_frame_groups`): its tokens decode to all of those frames, so a
+  token that holds the face in any of them may read the identity. Latent
+  frame 0 is frame 0's mask alone, as the encoder encodes frame 0 alone.
+  """
+  masks = face_masks(boxes, height, width, xp=xp)
+  if temporal_factor == 1:
+    return masks
+  groups = latent_frame_groups(np.shape(boxes)[-2], temporal_factor)
+  return xp.max(masks[..., groups, :, :], axis=-3)

@@ -163,15 +163,50 @@ def latent_face_windows(latents, boxes, cells: int):
   return windows, (boxes * scale - shift) / cells
 
 
+def decoded_window_embeddings(latents, window_boxes, start, num_frames: int, encode,
+                              size: int, to_pixels, latent_window: int = 0):
+  """Face embeddings [B, C, F, D] of frames start .. start + F - 1 of the decoded
+  clip, for a causal decoder with a temporal factor > 1 (the Wan VAE).
+
+  Every latent frame is decoded, from latent frame 0, and the window's frames
+  are cut from the decoded clip. Why from 0: a causal decoder decodes the
+  first latent frame it is given as a clip's first frame (1 frame, not 4)
+  and carries a cache of the frames before into the later ones, so decoding
+  a window of latent frames alone would give frames sampling never makes.
+  Decoding the whole clip is the simplest correct choice; the gradient of a
+  window's frames still reaches only the latent frames up to the window's
+  last (causality). `latent_window` keeps the decode to each face's square
+  of latent cells, over all latent frames (`latent_face_windows`).
+
+  Args:
+    latents: float [B, T', h, w, C] (gradients flow through it).
+    window_boxes: float [B, C, F, 4], the boxes of the window's frames.
+    start: int [B], the window's first decoded frame.
+    to_pixels: latents [N, T', h, w, C] -> frames [N, 1 + f (T' - 1), H, W, 3].
+    The rest: as `identity_loss_on_estimate`.
+  """
+  if not latent_window:
+    clip = frame_window(to_pixels(latents), start, num_frames, axis=0)
+    return face_embeddings(clip, window_boxes, encode, size)
+  b, c = window_boxes.shape[:2]
+  windows, inner = latent_face_windows(latents, window_boxes, latent_window)
+  pixels = to_pixels(einops.rearrange(windows, "b c ... -> (b c) ..."))  # [BC, T, S, S, 3]
+  pixels = frame_window(pixels, jnp.repeat(start, c), num_frames, axis=0)
+  inner = einops.rearrange(inner, "b c f x -> (b c) 1 f x")
+  return einops.rearrange(face_embeddings(pixels, inner, encode, size),
+                          "(b c) 1 f d -> b c f d", b=b, c=c)
+
+
 def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, weight,
                               encode, size: int, num_frames: int, lambda_temporal,
-                              to_pixels=None, latent_window: int = 0):
+                              to_pixels=None, latent_window: int = 0,
+                              temporal_factor: int = 1):
   """The identity loss of a batch, per character, on a window of frames.
 
   Args:
     x0_hat: float [B, T, H, W, C] clean estimate (gradients flow through it):
       pixels, or latents when `to_pixels` is given.
-    boxes: float [B, C, T, 4].
+    boxes: float [B, C, T, 4], one box per frame (of the decoded clip).
     start: int [B] first frame of each example's window of `num_frames`
       consecutive frames (consecutive so the temporal term compares neighbours).
     ref_embeddings: float [B, C, K, D]; ref_valid bool [B, C, K].
@@ -180,17 +215,25 @@ def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, w
     encode, size: the frozen encoder and its input side.
     to_pixels: None (x0_hat is pixels) or the frozen decoder, latents
       [B, F, h, w, C] -> pixels [B, F, H, W, 3]; only the window's frames are
-      decoded, and its gradient reaches x0_hat. One latent frame per frame.
+      decoded, and its gradient reaches x0_hat.
     latent_window: with `to_pixels`, decode only each face's window of this
       many latent cells (`latent_face_windows`) instead of whole frames; 0 =
       whole frames. The decoder is the costliest part of the loss.
+    temporal_factor: frames per latent frame of the decoder. 1: a window of
+      latent frames decodes to the window's frames, and only those are
+      decoded. f > 1 (a causal decoder, T = 1 + f (T' - 1) frames): the whole
+      clip is decoded and the window cut from it (`decoded_window_embeddings`).
 
   Returns:
     (loss scalar, dict(reference=, temporal=)); characters are pooled into the
     example axis, so every present character counts once.
   """
-  clip = frame_window(x0_hat, start, num_frames, axis=0)        # [B, F, H, W, C]
   window_boxes = frame_window(boxes, start, num_frames, axis=1)  # [B, C, F, 4]
+  if to_pixels is not None and temporal_factor > 1:
+    emb = decoded_window_embeddings(x0_hat, window_boxes, start, num_frames, encode, size,
+                                    to_pixels, latent_window)
+    return _pooled_identity_loss(emb, ref_embeddings, ref_valid, weight, lambda_temporal)
+  clip = frame_window(x0_hat, start, num_frames, axis=0)        # [B, F, H, W, C]
   if to_pixels is None:
     emb = face_embeddings(clip, window_boxes, encode, size)     # [B, C, F, D]
   elif not latent_window:
@@ -202,6 +245,11 @@ def identity_loss_on_estimate(x0_hat, boxes, start, ref_embeddings, ref_valid, w
     inner = einops.rearrange(inner, "b c f x -> (b c) 1 f x")
     emb = einops.rearrange(face_embeddings(pixels, inner, encode, size),
                            "(b c) 1 f d -> b c f d", b=b, c=c)
+  return _pooled_identity_loss(emb, ref_embeddings, ref_valid, weight, lambda_temporal)
+
+
+def _pooled_identity_loss(emb, ref_embeddings, ref_valid, weight, lambda_temporal):
+  """`identity_preservation_loss` with the characters pooled into the example axis."""
   flat = lambda a: einops.rearrange(a, "b c ... -> (b c) ...")
   return identity_preservation_loss(
       flat(emb), flat(ref_embeddings), lambda_temporal,

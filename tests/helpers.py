@@ -7,7 +7,9 @@ Named helpers.py, not test_*.py, so that pytest collects no tests from it.
 
 import functools
 import importlib.util
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from idjax import configlib, models, sharding
+from idjax import configlib, models, sharding, weight_files
 from idjax.autoencoder.frozen import FrozenAutoencoder
 from idjax.autoencoder.model import autoencoder_from_config
 from idjax.data import world
@@ -560,3 +562,42 @@ def write_random_probe(path):
   crops = jnp.zeros((1, config.crop_size, config.crop_size, 3))
   abstract = jax.eval_shape(lambda: module.init(jax.random.key(0), crops))
   probe_lib.Probe(config, random_params(abstract["params"], 5)).save(path)
+
+
+# --- Wan 2.1 fixtures -------------------------------------------------------------
+
+
+def wan_diffusers_dir(root, channels=4):
+  """DIR/transformer and DIR/vae from the committed tiny fixtures, in the
+  published diffusers layout: what `python -m idjax.models.wan.convert` reads.
+
+  The fixture DiT has 16 latent channels and the fixture VAE 4 (z_dim), so
+  the pair as committed (`channels=None`) is a mismatch; by default the DiT
+  keeps the first `channels` of its patch-embedding inputs and of its
+  outputs, which makes it the VAE's.
+  """
+  fixtures = os.path.join(ROOT, "tests", "fixtures")
+  source = os.path.join(fixtures, "wan_dit", "transformer")
+  target = root / "transformer"
+  shutil.copytree(source, target)
+  if channels is not None:
+    config = weight_files.read_diffusers_folder(source)[0]
+    c, (pt, ph, pw) = config["in_channels"], config["patch_size"]
+    cut = {
+        "patch_embedding.weight": lambda w: w[:, :channels],
+        "proj_out.weight": lambda w: w.reshape(pt * ph * pw, c, -1)[:, :channels].reshape(
+            pt * ph * pw * channels, -1
+        ),
+        "proj_out.bias": lambda b: b.reshape(pt * ph * pw, c)[:, :channels].reshape(-1),
+    }
+    for name in os.listdir(target):
+      if name.endswith(".safetensors"):
+        tensors = {k: np.array(v) for k, v in weight_files.read_safetensors(target / name).items()}
+        if set(cut) & set(tensors):
+          tensors.update({k: fn(tensors[k]) for k, fn in cut.items() if k in tensors})
+          weight_files.write_safetensors(target / name, tensors)
+    config.update(in_channels=channels, out_channels=channels)
+    with open(target / "config.json", "w") as f:
+      json.dump(config, f)
+  shutil.copytree(os.path.join(fixtures, "wan_vae", "vae"), root / "vae")
+  return root

@@ -34,10 +34,9 @@ from idjax.sampling import samplers
 from idjax.sampling.generator import Generator
 from idjax.train import checkpoint
 from idjax.train.state import trainable_filter
-from helpers import ROOT, saved_state, tiny_face_encoder
+from helpers import ROOT, saved_state, tiny_face_encoder, wan_diffusers_dir
 import train as train_cli  # the entry point (the root is on pytest's pythonpath)
 
-FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 CHANNELS = 4  # the fixture VAE's z_dim
 
 # configs/wan_tiny.py at the fixtures' sizes: 1 frame of 16x16 (2x2 latents, one
@@ -65,34 +64,6 @@ def _paths(tree):
   return {"/".join(p): np.asarray(v) for p, v in traverse_util.flatten_dict(tree).items()}
 
 
-def _diffusers_dir(root, channels=CHANNELS):
-  """DIR/transformer (the fixture, cut to `channels` latent channels; None: as
-  committed) and DIR/vae (the fixture), in the published layout."""
-  source = os.path.join(FIXTURES, "wan_dit", "transformer")
-  target = root / "transformer"
-  shutil.copytree(source, target)
-  if channels is not None:
-    config = weight_files.read_diffusers_folder(source)[0]
-    c, (pt, ph, pw) = config["in_channels"], config["patch_size"]
-    cut = {
-        "patch_embedding.weight": lambda w: w[:, :channels],
-        "proj_out.weight": lambda w: w.reshape(pt * ph * pw, c, -1)[:, :channels].reshape(
-            pt * ph * pw * channels, -1
-        ),
-        "proj_out.bias": lambda b: b.reshape(pt * ph * pw, c)[:, :channels].reshape(-1),
-    }
-    for name in os.listdir(target):
-      if name.endswith(".safetensors"):
-        tensors = {k: np.array(v) for k, v in weight_files.read_safetensors(target / name).items()}
-        if set(cut) & set(tensors):
-          tensors.update({k: fn(tensors[k]) for k, fn in cut.items() if k in tensors})
-          weight_files.write_safetensors(target / name, tensors)
-    config.update(in_channels=channels, out_channels=channels)
-    _write_json(target / "config.json", config)
-  shutil.copytree(os.path.join(FIXTURES, "wan_vae", "vae"), root / "vae")
-  return root
-
-
 def _write_json(path, value):
   with open(path, "w") as f:
     json.dump(value, f)
@@ -113,7 +84,7 @@ def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("convert")
   encoder = tiny_face_encoder()
   save_face_encoder(str(root / "face"), encoder.config, encoder.params)
-  source = _diffusers_dir(root / "diffusers")
+  source = wan_diffusers_dir(root / "diffusers")
   out = root / "video"
   args = ARGS + [f"--config.face_encoder_workdir={root / 'face'}"]
   assert convert.main(["--diffusers-dir", str(source), "--workdir", str(out), *args]) == 0
@@ -323,7 +294,8 @@ def test_sizes_come_from_the_weights_and_contradictions_are_refused(converted, t
       "--config.model.depth=3",
       match="--config.model.depth=3",
   )
-  committed = _diffusers_dir(tmp_path / "committed", channels=None)  # 16-channel DiT, 4-channel VAE
+  # As committed: a 16-channel DiT beside a 4-channel VAE.
+  committed = wan_diffusers_dir(tmp_path / "committed", channels=None)
   _refused(capsys, converted, committed, out, match="channels")
   assert not out.exists()
 

@@ -184,7 +184,7 @@ def main(argv=None):
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
   memory.check_fits(generator.config, args.frames or int(generator.config.sample.num_frames),
-                    side=generator.model_side)
+                    side=generator.model_side, temporal_factor=generator.temporal_factor)
   variants = build_variants(args, generator.num_references)
   probe_dir = (args.probe_workdir
                or os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "probe"))

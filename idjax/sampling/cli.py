@@ -293,6 +293,7 @@ def write_clip(generator, request: Request) -> dict:
       else (args.frames or int(defaults.num_frames)),
       memory.guidance_passes(text, ident),
       side=generator.model_side,
+      temporal_factor=generator.temporal_factor,
   )
   references = [images[n] for n in chars]
   try:

@@ -30,6 +30,12 @@ chunked clip with the same settings reproduces the rest of it exactly.
 Context in latent space: the context frames are encoded (uint8 -> model
 space -> the autoencoder's encoder) alone, m frames in one fixed shape;
 the whole chunk, context included, is decoded, and only its new frames kept.
+That needs one latent frame per frame. An autoencoder with a temporal factor
+> 1 (the Wan VAE) is refused: its causal encoder encodes the first frame of
+a call alone, so context frames encoded on their own are not the latents
+they have inside the clip, and chunk and context lengths would have to be
+1 + 4k frames; such a model samples a whole clip of 1 + 4k frames in one
+`Generator.generate` call.
 """
 
 import time
@@ -114,6 +120,12 @@ def extend(
     seams, for drift.seam_consistency), num_given, timings).
   """
   g = generator
+  if g.temporal_factor != 1:
+    raise ValueError(
+        "Chunked sampling (--extend, chunked eval rows) needs one latent frame per frame, but "
+        f"this model's autoencoder packs {g.temporal_factor} frames into a latent frame; sample "
+        f"the whole clip in one call instead (1 + {g.temporal_factor}k frames)."
+    )
   d = g.config.sample
   num_frames = int(d.num_frames if num_frames is None else num_frames)
   chunk = int(d.num_frames if chunk_frames is None else chunk_frames)

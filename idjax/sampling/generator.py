@@ -21,6 +21,10 @@ In latent space (config.model.space == "latent") the model diffuses the
 frozen autoencoder's latents: noise and face masks are made at the latent
 grid, and the latents are decoded to frames at the end, chunk by chunk with
 the same per-device shapes, so the bit-identity above holds for the frames.
+An autoencoder with temporal factor f > 1 (the Wan VAE, f = 4) takes
+T = 1 + f k frames and the model T' = 1 + k latent frames; a latent
+frame's face mask is the union of the masks of the frames it covers
+(layout.latent_face_masks), as the trainer builds them.
 
 Without a layout the model gets all-ones face masks (every token may attend
 to the identity), which is what the trainer's mask dropout teaches; the
@@ -129,13 +133,13 @@ def prepare_reference(image, size: int) -> np.ndarray:
 @dataclasses.dataclass
 class _Batch:
   """Host-side inputs of B (padded) examples."""
-  noise: np.ndarray            # float32 [B, T, H, W, C]
+  noise: np.ndarray            # float32 [B, T', h, w, C] at the model's grid
   text: np.ndarray             # int32 [B, L]
   references: np.ndarray       # uint8 [B, C, K, R, R, 3]
   ref_valid: np.ndarray        # bool [B, C, K]
   char_valid: np.ndarray       # bool [B, C]
   strength: np.ndarray         # float32 [B]
-  face_masks: np.ndarray       # float32 [B, C, T, h, w] at the model's grid
+  face_masks: np.ndarray       # float32 [B, C, T', h, w] at the model's grid
   boxes: np.ndarray | None     # float32 [B, C, T, 4], or None (no layout)
   text_embeddings: np.ndarray | None = None  # [B, L, D] of a model that reads them
 
@@ -178,6 +182,7 @@ class Generator:
     self.max_characters = int(config.model.max_characters)
     self.text_len = int(config.model.text_len)
     self.channels = int(config.model.channels)
+    self.temporal_factor = 1 if autoencoder is None else int(autoencoder.temporal_factor)
     # A model reading UMT5 embeddings maps each prompt to its row of the table.
     if not getattr(self.model, "reads_text_embeddings", False):
       text_table = None
@@ -281,6 +286,14 @@ class Generator:
       self._decode = jax.jit(lambda params, z: diffusion.to_uint8(ae.decode(params, z)))
     return self._decode(self.autoencoder_params, x)
 
+  def model_frames(self, num_frames: int) -> int:
+    """Frames of the grid the model diffuses for a clip of `num_frames`: the
+    clip's own, or its latent frames. ValueError (one sentence naming the
+    valid counts) for a count the autoencoder does not take."""
+    if self.autoencoder is None:
+      return num_frames
+    return self.autoencoder.latent_shape(num_frames, self.resolution, self.resolution)[0]
+
   def _noise_fn(self, shape):
     """One example's noise from its key: fixed shape, so one program for all."""
     if shape not in self._noise:
@@ -344,16 +357,17 @@ class Generator:
         text[i] = prompts_lib.tokenize(prompt, self.text_len)
     strength = np.zeros((n,), np.float32)
     strength[:b] = strengths
-    shape = (num_frames, side, side, self.channels)
+    frames = self.model_frames(num_frames)
+    shape = (frames, side, side, self.channels)
     noise_fn = self._noise_fn(shape)
     noise = np.zeros((n,) + shape, np.float32)
     for i, seed in enumerate(seeds):
       noise[i] = np.asarray(noise_fn(rng.derive(int(seed), 0, "sample/noise")))
     # Without a layout every token may attend to the identity: all-ones masks,
     # which is what the trainer's mask dropout taught the model to handle.
-    masks = np.ones((n, c, num_frames, side, side), np.float32)
+    masks = np.ones((n, c, frames, side, side), np.float32)
     if boxes is not None:
-      masks[:b] = layout_lib.face_masks(boxes, side, side)
+      masks[:b] = layout_lib.latent_face_masks(boxes, side, side, self.temporal_factor)
     padded_boxes = None
     if boxes is not None:
       padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)
@@ -381,6 +395,7 @@ class Generator:
       raise ValueError(f"layout has {len(layout)} entries for {len(prompts)} prompts.")
     if num_frames < 1:
       raise ValueError(f"num_frames must be >= 1, got {num_frames}.")
+    self.model_frames(num_frames)  # a count the autoencoder does not take: one sentence
     if steps < 1:
       raise ValueError(f"steps must be >= 1, got {steps}.")
     if sampler not in samplers.METHODS:
@@ -417,7 +432,8 @@ class Generator:
       references: None (text only) or, per prompt, a list of characters, each
         a list of 1..K reference images (uint8 arrays or PIL images, any size
         and mode). A prompt with an empty list is text only.
-      num_frames: T (default config.sample.num_frames).
+      num_frames: T (default config.sample.num_frames); 1 + 4k with the Wan
+        VAE (temporal factor 4), which the model samples as 1 + k latent frames.
       identity_strength: float or [B] floats in [0, 1], scales the identity path.
       text_guidance, identity_guidance: CFG scales (1 = no guidance).
       steps: ODE steps; sampler: "euler" or "heun"; shift: timestep shift

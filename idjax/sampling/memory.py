@@ -57,22 +57,34 @@ def param_bytes_per_device(config, mesh=None) -> int:
   return max(per_device.values())
 
 
+def model_frames(num_frames: int, temporal_factor: int = 1) -> int:
+  """Frames of the grid the model diffuses: the clip's, or the latent frames of
+  an autoencoder that encodes frame 0 alone and then `temporal_factor` frames
+  per latent frame (rounded down for other counts, which sampling refuses)."""
+  if temporal_factor == 1:
+    return num_frames
+  return 1 + max(num_frames - 1, 0) // temporal_factor
+
+
 def sampling_bytes(config, num_frames: int, batch: int, passes: int = 3,
-                   side: int | None = None, *, params: int | None = None) -> int:
+                   side: int | None = None, *, params: int | None = None,
+                   temporal_factor: int = 1) -> int:
   """Peak bytes of one sampler step on `batch` clips of `num_frames` frames
   (one device's share), for a video config (`model`, `data` sections).
   `side`: of the grid the model diffuses (the frame in pixel space, the
   latent grid in latent space; default data.resolution). `params`: the
-  params' bytes per device (default: `param_bytes_per_device(config)`)."""
+  params' bytes per device (default: `param_bytes_per_device(config)`).
+  `temporal_factor`: the autoencoder's frames per latent frame."""
   m, d = config.model, config.data
   pt, ph, pw = (int(v) for v in m.patch_size)
   height = width = int(d.resolution if side is None else side)
   act = 2 if str(m.dtype) in ("bfloat16", "float16") else _F32
-  t, p = math.ceil(num_frames / pt), (height // ph) * (width // pw)
+  grid_frames = model_frames(num_frames, temporal_factor)
+  t, p = math.ceil(grid_frames / pt), (height // ph) * (width // pw)
   tokens = batch * t * p
   w, heads, ratio = int(m.width), int(m.num_heads), float(m.mlp_ratio)
   params = param_bytes_per_device(config) if params is None else params
-  clip = batch * num_frames * height * width * _F32
+  clip = batch * grid_frames * height * width * _F32
   clips = clip * (int(m.channels) * (3 + passes) + int(d.max_characters))  # x, v's, masks
   clips += batch * num_frames * int(d.resolution) ** 2 * 3 * _F32          # decoded frames
   hidden = tokens * w * act * (8 + 2 * ratio)
@@ -114,24 +126,30 @@ def _gib(n: int) -> str:
 
 
 def check_fits(config, num_frames: int, passes: int = 3, side: int | None = None,
-               flag: str = "--frames", mesh=None) -> None:
+               flag: str = "--frames", mesh=None, temporal_factor: int = 1) -> None:
   """UsageError, with the estimate, the limit and the longest clip that fits,
   when sampling `num_frames` frames would not fit on a device (arguments as
   `sampling_bytes`; the batch is config.sample.per_device_batch; `mesh`: where
   the params are sharded, default config.mesh)."""
   batch = int(config.sample.per_device_batch)
   params = param_bytes_per_device(config, mesh)
-  need = sampling_bytes(config, num_frames, batch, passes, side, params=params)
+  estimate = lambda frames: sampling_bytes(config, frames, batch, passes, side, params=params,
+                                           temporal_factor=temporal_factor)
+  need = estimate(num_frames)
   limit, where = available_bytes()
   if need <= limit:
     return
   lo, hi = 0, num_frames  # the longest length that fits (estimates grow with length)
   while lo < hi:
     mid = (lo + hi + 1) // 2
-    fits = sampling_bytes(config, mid, batch, passes, side, params=params) <= limit
+    fits = estimate(mid) <= limit
     lo, hi = (mid, hi) if fits else (lo, mid - 1)
   pt = int(config.model.patch_size[0])
   longest = lo - lo % pt
+  if temporal_factor > 1:  # 1 + f k frames, whose latent frames the patch divides
+    latent = model_frames(lo, temporal_factor)
+    latent -= latent % pt
+    longest = 1 + temporal_factor * (latent - 1) if latent >= 1 else 0
   raise UsageError(
       f"{flag} {num_frames} needs about {_gib(need)} per device to sample (an estimate), more "
       f"than the {_gib(limit)} of {where}; "

@@ -20,16 +20,23 @@ from idjax.train.state import (TrainState, apply_gradients, make_optimizer, merg
                                trainable_filter)
 
 
-def draw_example_randomness(train_config, root, step, index, frames_shape):
-  """Every per-example random draw of one step, keyed by global example index."""
+def draw_example_randomness(train_config, root, step, index, frames_shape, clip_frames=None):
+  """Every per-example random draw of one step, keyed by global example index.
+
+  frames_shape: the shape of what the model diffuses, [B, T', h, w, C] (the
+  noise's). clip_frames: the clip's frame count, from which the identity
+  loss's window is drawn (default T'; they differ for an autoencoder that
+  packs several frames into a latent frame).
+  """
   def keys(purpose):
     return per_example(derive(root, step, purpose), index)
 
   def bernoulli(purpose, rate):
     return jax.vmap(lambda k: jax.random.bernoulli(k, rate))(keys(purpose))
 
-  num_frames = frames_shape[1]
-  window = min(int(train_config.id_loss_frames), num_frames)
+  num_frames = frames_shape[1]  # of the model's grid: latent frames in latent space
+  id_frames = num_frames if clip_frames is None else clip_frames
+  window = min(int(train_config.id_loss_frames), id_frames)
   # Clean context (train.context_prob): the first `context` frames of the
   # example are given at t = 0 and only the rest are noised and scored, so
   # the model learns to continue a clip (what long-video chunks do).
@@ -47,7 +54,7 @@ def draw_example_randomness(train_config, root, step, index, frames_shape):
       drop_text=bernoulli("text_dropout", train_config.text_dropout),
       drop_identity=bernoulli("identity_dropout", train_config.identity_dropout),
       drop_mask=bernoulli("mask_dropout", train_config.mask_dropout),
-      id_start=jax.vmap(lambda k: jax.random.randint(k, (), 0, num_frames - window + 1))(
+      id_start=jax.vmap(lambda k: jax.random.randint(k, (), 0, id_frames - window + 1))(
           keys("id_frames")),
   )
 
@@ -67,13 +74,18 @@ def make_train_step(config, model, encoder, autoencoder=None):
   With an `autoencoder` (config.model.space == "latent") the model diffuses
   the clip's latents: frames are encoded here (no gradient), masks are built
   at the latent grid, and the identity loss decodes the clean estimate's
-  window through the frozen decoder, whose gradient reaches the model.
+  window through the frozen decoder, whose gradient reaches the model. With
+  a temporal factor f > 1 (the Wan VAE: T = 1 + 4k frames, 1 + k latent
+  frames) a latent frame's masks are the union of its frames' masks
+  (layout.latent_face_masks), and the identity loss's window of frames is
+  cut from the decoded clip (losses.decoded_window_embeddings).
   """
   tc = config.train
   tx, schedule = make_optimizer(tc)
   lambda_id = float(tc.lambda_id)
   # Configs saved before the key existed trained everything (config_rules.ABSENT_AS).
   trainable = trainable_filter(tc.get("trainable", "all"), model)
+  temporal_factor = 1 if autoencoder is None else autoencoder.temporal_factor
 
   def split(params):
     """(the params that are differentiated, the fixed rest or None)."""
@@ -87,7 +99,8 @@ def make_train_step(config, model, encoder, autoencoder=None):
     if autoencoder is not None:
       to_model = lambda x: jax.lax.stop_gradient(autoencoder.encode(frozen["autoencoder"], x))
       x0 = to_model(x0)
-    r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape)
+    r = draw_example_randomness(tc, state.root_key, state.step, batch["index"], x0.shape,
+                                clip_frames=batch["frames"].shape[1])
     ref_emb, ref_fmap = encode_references(encoder, frozen["face"], batch["references"])
     char_valid = batch["character_valid"] & ~r["drop_identity"][:, None]
     canvas = None
@@ -99,7 +112,7 @@ def make_train_step(config, model, encoder, autoencoder=None):
           char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width))
     # Masks from the boxes, exactly as sampling builds them from a layout.
     height, width = x0.shape[2:4]
-    masks = layout.face_masks(batch["boxes"], height, width, xp=jnp)
+    masks = layout.latent_face_masks(batch["boxes"], height, width, temporal_factor, xp=jnp)
     # Mask dropout: all-ones masks teach the model to place the face itself,
     # as it must when sampling without a layout.
     masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)
@@ -148,11 +161,13 @@ def make_train_step(config, model, encoder, autoencoder=None):
       frozen = jax.lax.stop_gradient(frozen)
       to_pixels = None if autoencoder is None else (
           lambda z: autoencoder.decode(frozen["autoencoder"], z))
+      clip_frames = mb["boxes"].shape[2]  # one box per frame of the clip (T >= T')
       identity_loss, terms = losses.identity_loss_on_estimate(
           x0_hat, mb["boxes"], mb["id_start"], mb["ref_emb"], mb["ref_valid"], weight,
           lambda crops: encoder.apply(frozen["face"], crops)[0], encoder.input_size,
-          min(int(tc.id_loss_frames), x0_hat.shape[1]), tc.lambda_temporal, to_pixels,
-          latent_window=min(int(tc.get("id_loss_latent_window", 0)), *x0_hat.shape[2:4]))
+          min(int(tc.id_loss_frames), clip_frames), tc.lambda_temporal, to_pixels,
+          latent_window=min(int(tc.get("id_loss_latent_window", 0)), *x0_hat.shape[2:4]),
+          temporal_factor=temporal_factor)
       total = total + lambda_id * identity_loss
       metrics.update(identity_loss=identity_loss, id_reference=terms["reference"],
                      id_temporal=terms["temporal"], id_active=jnp.mean(low_noise))

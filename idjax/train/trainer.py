@@ -65,13 +65,27 @@ def load_autoencoder(config):
 
 
 def check_latent_space(config, autoencoder):
-  """UsageError unless the model's channels match the autoencoder's latents."""
+  """UsageError unless the model's channels match the autoencoder's latents
+  and the clip's sizes are ones it encodes: data.resolution a multiple of its
+  spatial factor, data.num_frames and sample.num_frames of the form 1 + f k
+  for its temporal factor f > 1 (the Wan VAE: 1, 5, 9, ...)."""
   if int(config.model.channels) != autoencoder.latent_channels:
     raise configlib.UsageError(
         f"config.model.channels={config.model.channels} but the autoencoder in "
         f"{config.get('autoencoder_workdir')!r} makes {autoencoder.latent_channels}-channel latents.")
-  autoencoder.latent_shape(int(config.data.num_frames), int(config.data.resolution),
-                           int(config.data.resolution))
+  side = int(config.data.resolution)
+  try:
+    autoencoder.latent_shape(1, side, side)
+  except ValueError as e:  # the frame size is not a multiple of the spatial factor
+    raise configlib.UsageError(f"config.data.resolution={side}: {e}") from e
+  f = autoencoder.temporal_factor
+  for key in ("data.num_frames", "sample.num_frames"):
+    frames = config_rules.lookup(config, key, None)
+    if frames is not None and (int(frames) < 1 or (int(frames) - 1) % f):
+      raise configlib.UsageError(
+          f"config.{key}={frames}, but the autoencoder in {config.get('autoencoder_workdir')!r} "
+          f"encodes frame 0 alone and then {f} frames per latent frame, so clips have 1 + {f}k "
+          f"frames ({', '.join(str(1 + f * k) for k in range(4))}, ...).")
 
 
 def model_grid(config, autoencoder=None):

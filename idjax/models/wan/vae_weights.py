@@ -217,7 +217,9 @@ class FrozenWanVAE:
           f"autoencoder's spatial factor {s}."
       )
     if num_frames < 1 or (num_frames - 1) % self.temporal_factor:
-      raise ValueError(f"The Wan VAE takes 1 + 4k frames; got {num_frames}.")
+      raise ValueError(
+          f"The Wan VAE takes 1 + 4k frames; got {num_frames} (1, 5, 9, 13, ... are valid)."
+      )
     return (1 + (num_frames - 1) // 4, height // s, width // s, self.latent_channels)
 
   def encode(self, params, frames):
