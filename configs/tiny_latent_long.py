@@ -15,6 +15,13 @@ its temporal attention has learned continuations over 16 frames:
 
 (`make long-video` runs it and the 240-frame evaluation of both models.)
 A step holds 8 clips of 16 frames: four times the frames of a demo step.
+
+Half the clips (train.context_prob) have their first 1..15 frames given
+clean, at t = 0, and only the rest noised and scored: the model learns to
+continue a clip, and extend then gives it each chunk's context clean
+instead of re-noising it. On 8 held-out identities at 240 frames (chunks of
+16, 8 of context) the pixel change across seams fell from 5.35 to 3.72
+levels (1.85 and 1.77 within chunks); docs/long_video.md.
 """
 
 import os
@@ -31,4 +38,5 @@ def get_config():
   config.train.warmup_steps = 20
   config.train.lr = 3e-4  # fine-tuning: a third of the demo's peak rate
   config.train.checkpoint_every = 125
+  config.train.context_prob = 0.5
   return config

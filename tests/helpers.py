@@ -601,3 +601,26 @@ def wan_diffusers_dir(root, channels=4):
       json.dump(config, f)
   shutil.copytree(os.path.join(fixtures, "wan_vae", "vae"), root / "vae")
   return root
+
+
+def small_wan_model(model_config, **overrides):
+  """configs/wan_tiny.py's model section shrunk to compile in seconds."""
+  m = model_config.copy_and_resolve_references()
+  m.update(
+      dict(
+          channels=3,
+          patch_size=(1, 4, 4),
+          width=32,
+          depth=2,
+          num_heads=2,
+          ffn_dim=48,
+          text_dim=16,
+          freq_dim=16,
+          text_len=6,
+          num_identity_tokens=4,
+          identity_layers=1,
+          max_characters=2,
+      )
+  )
+  m.update(overrides)
+  return m

@@ -16,7 +16,15 @@ from idjax.models.wan.identity_dit import dummy_text_embeddings
 from idjax.sampling import cli
 from idjax.sampling.generator import Generator
 from idjax.train import trainer
-from helpers import ROOT, mesh_for, numpy_batch, put_batch, random_params, tiny_face_encoder
+from helpers import (
+    ROOT,
+    mesh_for,
+    numpy_batch,
+    put_batch,
+    random_params,
+    small_wan_model,
+    tiny_face_encoder,
+)
 
 L, D = 8, 16  # helpers.numpy_batch's text length; the small model's text_dim
 
@@ -83,24 +91,8 @@ def test_bad_files_are_refused_in_one_sentence(tmp_path, case):
 
 def _wan_config(**data):
   config = configlib.load_config_file(os.path.join(ROOT, "configs", "wan_tiny.py"))
-  m = config.model
-  m.update(
-      dict(
-          channels=3,
-          patch_size=(1, 4, 4),
-          width=32,
-          depth=2,
-          num_heads=2,
-          ffn_dim=48,
-          text_dim=D,
-          freq_dim=16,
-          text_len=L,
-          num_identity_tokens=4,
-          identity_layers=1,
-          max_characters=1,
-          space="pixel",
-          text_input="embeddings",
-      )
+  config.model = small_wan_model(
+      config.model, text_dim=D, text_len=L, max_characters=1, space="pixel", text_input="embeddings"
   )
   config.autoencoder_workdir = ""
   d = config.data

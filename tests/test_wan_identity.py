@@ -34,6 +34,7 @@ from helpers import (
     random_inputs,
     run_train,
     saved_state,
+    small_wan_model,
     tiny_autoencoder,
     tiny_face_encoder,
     write_tiny_face_encoder,
@@ -47,32 +48,9 @@ def _load(name):
   return configlib.load_config_file(os.path.join(ROOT, "configs", name + ".py"))
 
 
-def _small(model_config, **overrides):
-  """configs/wan_tiny.py's model section shrunk to compile in seconds."""
-  m = model_config.copy_and_resolve_references()
-  m.update(
-      dict(
-          channels=3,
-          patch_size=(1, 4, 4),
-          width=32,
-          depth=2,
-          num_heads=2,
-          ffn_dim=48,
-          text_dim=16,
-          freq_dim=16,
-          text_len=6,
-          num_identity_tokens=4,
-          identity_layers=1,
-          max_characters=2,
-      )
-  )
-  m.update(overrides)
-  return m
-
-
 @pytest.fixture(scope="module")
 def small():
-  cfg = _small(_load("wan_tiny").model)
+  cfg = small_wan_model(_load("wan_tiny").model)
   model = models.build_model(cfg)
   args = random_inputs(cfg, batch=2, frames=4, size=16, chars=2, refs=2)
   return cfg, model, args
@@ -160,7 +138,7 @@ def test_sharded_forward_matches_single_device(small, devices):
 def _train_config(trainable):
   """configs/wan_tiny.py in pixel space at helpers.numpy_batch's sizes."""
   config = _load("wan_tiny")
-  config.model = _small(config.model, text_len=8, max_characters=1, space="pixel")
+  config.model = small_wan_model(config.model, text_len=8, max_characters=1, space="pixel")
   config.autoencoder_workdir = ""
   d = config.data
   d.resolution, d.num_frames, d.reference_resolution = 16, 4, 16
