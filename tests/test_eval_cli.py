@@ -143,3 +143,15 @@ def test_chunk_options_are_checked(tmp_path, args, needle):
   proc = run_module(MODULE, "--workdir", str(tmp_path), "--out", str(out), *args.split())
   assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
   assert len(error_lines(proc)) == 1 and not out.exists()
+
+
+def test_chunked_rows_of_a_temporally_packed_model_are_refused_in_one_sentence():
+  from idjax import configlib
+  from idjax.eval.__main__ import check_chunking, parse_args
+
+  args = parse_args(["--workdir", "w", "--frames", "9", "--chunk-frames", "5"])
+  check_chunking(args, 1)  # one latent frame per frame: chunked rows are fine
+  check_chunking(parse_args(["--workdir", "w", "--frames", "9"]), 4)  # whole clips are fine
+  with pytest.raises(configlib.UsageError, match="packs 4 frames into each") as e:
+    check_chunking(args, 4)
+  assert "\n" not in str(e.value)

@@ -124,6 +124,15 @@ def build_variants(args, num_references):
   return variants
 
 
+def check_chunking(args, temporal_factor: int):
+  """Chunked rows need one latent frame per frame (sampling.extend); say so
+  before any sampling instead of failing at the first chunked row."""
+  if args.chunk_frames is not None and temporal_factor != 1:
+    raise configlib.UsageError(
+        f"--chunk-frames needs a model with one latent frame per frame; this one's autoencoder "
+        f"packs {temporal_factor} frames into each, so evaluate whole clips (drop --chunk-frames).")
+
+
 class ChunkedOrOneShot:
   """A Generator whose `generate` makes a variant with `chunk_frames` clip by
   clip through `sampling.extend.extend` (the rest as the Generator does),
@@ -185,6 +194,7 @@ def main(argv=None):
     raise configlib.UsageError(str(e)) from None
   memory.check_fits(generator.config, args.frames or int(generator.config.sample.num_frames),
                     side=generator.model_side, temporal_factor=generator.temporal_factor)
+  check_chunking(args, generator.temporal_factor)
   variants = build_variants(args, generator.num_references)
   probe_dir = (args.probe_workdir
                or os.path.join(os.path.dirname(os.path.abspath(eval_dir)), "probe"))
