@@ -15,7 +15,6 @@ import numpy as np
 from idjax import restore
 from idjax.face.crop import crop_and_resize
 from idjax.face.encoder import encoder_from_config
-from idjax.face.iresnet import IResNet
 
 CONFIG_FILE = restore.CONFIG_FILE
 PARAMS_DIR = restore.PARAMS_DIR
@@ -28,10 +27,15 @@ def build_encoder(config):
   if architecture == "resnet":
     return encoder_from_config(config)
   if architecture == "iresnet":
+    # Imported here: `python -m idjax.face.iresnet` (the converter) would
+    # otherwise be imported once by this package and again as __main__.
+    from idjax.face.iresnet import IResNet
+
     return IResNet(depth=config.depth, embed_dim=config.embed_dim, widths=tuple(config.widths))
   # A saved config.json is not run through config_rules: this is its check.
-  raise ValueError(f"Unknown face-encoder architecture {architecture!r}; "
-                   "expected 'resnet' or 'iresnet'.")
+  raise ValueError(
+      f"Unknown face-encoder architecture {architecture!r}; expected 'resnet' or 'iresnet'."
+  )
 
 
 def save_face_encoder(workdir, config, params):
@@ -56,8 +60,7 @@ class FrozenFaceEncoder:
     self.params = params
     self.module = build_encoder(config)
     self.input_size = int(config.input_size)
-    probe = jax.ShapeDtypeStruct((1, self.input_size, self.input_size, 3),
-                                 jnp.float32)
+    probe = jax.ShapeDtypeStruct((1, self.input_size, self.input_size, 3), jnp.float32)
     emb, fmap = jax.eval_shape(self.apply, params, probe)
     self.embed_dim = int(emb.shape[-1])
     self.feature_cells, self.feature_dim = map(int, fmap.shape[1:])
@@ -68,12 +71,17 @@ class FrozenFaceEncoder:
     """Loads a workdir written by `save_face_encoder` (params on one device;
     users replicate them over their mesh); ValueError if none."""
     config = restore.read_frozen_config(
-        workdir, "face_encoder", label="a face-encoder", holds="face encoder",
-        advice="train one with a face_encoder config first")
+        workdir,
+        "face_encoder",
+        label="a face-encoder",
+        holds="face encoder",
+        advice="train one with a face_encoder config first",
+    )
     module = build_encoder(config)
     size = int(config.input_size)
-    abstract = jax.eval_shape(module.init, jax.random.key(0),
-                              jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+    abstract = jax.eval_shape(
+        module.init, jax.random.key(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+    )
     return cls(config, restore.restore_params(workdir, abstract["params"]))
 
   def apply(self, params, crops):
@@ -90,8 +98,7 @@ class FrozenFaceEncoder:
     return emb, einops.rearrange(fmap, "n h w f -> n (h w) f")
 
   def _embed_images(self, params, images):
-    full = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0, 1.0]),
-                            images.shape[:1] + (4,))
+    full = jnp.broadcast_to(jnp.array([0.0, 0.0, 1.0, 1.0]), images.shape[:1] + (4,))
     crops = crop_and_resize(images, full, self.input_size) / 127.5 - 1.0
     return self.apply(params, crops)[0]
 
@@ -104,17 +111,15 @@ class FrozenFaceEncoder:
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
-      raise ValueError("embed_uint8 expects images of shape [N, H, W, 3], "
-                       f"got {images.shape}.")
+      raise ValueError("embed_uint8 expects images of shape [N, H, W, 3], " f"got {images.shape}.")
     batch_size = min(batch_size, 1 << max(len(images) - 1, 0).bit_length())
     out = []
     for start in range(0, len(images), batch_size):
-      chunk = images[start:start + batch_size]
+      chunk = images[start : start + batch_size]
       padded = np.zeros((batch_size,) + images.shape[1:], np.uint8)
-      padded[:len(chunk)] = chunk
+      padded[: len(chunk)] = chunk
       emb = self._embed_batch(self.params, jnp.asarray(padded))
-      out.append(np.asarray(emb[:len(chunk)]))
+      out.append(np.asarray(emb[: len(chunk)]))
     if not out:
       return np.zeros((0, self.embed_dim), np.float32)
     return np.concatenate(out).astype(np.float32)
-
