@@ -30,12 +30,13 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.dirname(os.path.abspath(__file__))]
 
-SIZES = {  # Wan 2.1 T2V transformers (diffusers' config.json); tiny: a CPU smoke test
+from wan_memory import SIZES as WAN_SIZES, TEXT_TOKENS  # imports no JAX at module level
+
+# Wan 2.1's transformer sizes, and a tiny one for a CPU smoke test.
+SIZES = {
+    **WAN_SIZES,
     "tiny": dict(width=64, depth=2, num_heads=2, ffn_dim=128, text_dim=64, freq_dim=32),
-    "1.3b": dict(width=1536, depth=30, num_heads=12, ffn_dim=8960),
-    "14b": dict(width=5120, depth=40, num_heads=40, ffn_dim=13824),
 }
-TEXT_TOKENS = 512  # UMT5 context length
 
 
 def main(argv=None):

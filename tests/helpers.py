@@ -624,3 +624,19 @@ def small_wan_model(model_config, **overrides):
   )
   m.update(overrides)
   return m
+
+
+def converted_wan_workdir(root, args):
+  """A tiny face encoder in ROOT/face, the committed fixtures as a diffusers
+  folder in ROOT/diffusers, converted to the video workdir ROOT/video with
+  the converter's `args` (plus that face encoder): dict(root, source, out,
+  args), args as given to the converter."""
+  from idjax.models.wan import convert
+
+  encoder = tiny_face_encoder()
+  save_face_encoder(str(root / "face"), encoder.config, encoder.params)
+  source = wan_diffusers_dir(root / "diffusers")
+  out = root / "video"
+  args = list(args) + [f"--config.face_encoder_workdir={root / 'face'}"]
+  assert convert.main(["--diffusers-dir", str(source), "--workdir", str(out), *args]) == 0
+  return dict(root=root, source=source, out=out, args=args)

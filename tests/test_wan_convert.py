@@ -26,7 +26,6 @@ from idjax import configlib, diffusion, models, rng, sharding, weight_files
 from idjax.data import pipeline
 from idjax.data import prompts as prompts_lib
 from idjax.data.text_embeddings import write_text_embeddings
-from idjax.face.frozen import save_face_encoder
 from idjax.models.wan import convert, transformer_weights
 from idjax.models.wan.transformer import WanTransformer
 from idjax.models.wan.vae_weights import FrozenWanVAE
@@ -34,7 +33,7 @@ from idjax.sampling import samplers
 from idjax.sampling.generator import Generator
 from idjax.train import checkpoint
 from idjax.train.state import trainable_filter
-from helpers import ROOT, saved_state, tiny_face_encoder, wan_diffusers_dir
+from helpers import ROOT, converted_wan_workdir, saved_state, wan_diffusers_dir
 import train as train_cli  # the entry point (the root is on pytest's pythonpath)
 
 CHANNELS = 4  # the fixture VAE's z_dim
@@ -82,13 +81,7 @@ def _convert(capsys, *args):
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("convert")
-  encoder = tiny_face_encoder()
-  save_face_encoder(str(root / "face"), encoder.config, encoder.params)
-  source = wan_diffusers_dir(root / "diffusers")
-  out = root / "video"
-  args = ARGS + [f"--config.face_encoder_workdir={root / 'face'}"]
-  assert convert.main(["--diffusers-dir", str(source), "--workdir", str(out), *args]) == 0
-  return dict(root=root, source=source, out=out, args=args)
+  return converted_wan_workdir(root, ARGS)
 
 
 def test_backbone_is_the_safetensors_bit_for_bit_beside_fresh_adapters(converted):

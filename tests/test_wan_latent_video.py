@@ -20,7 +20,7 @@ import pytest
 
 from idjax import configlib, diffusion, layout, losses, rng, sharding, weight_files
 from idjax.data import prompts as prompts_lib
-from idjax.face.frozen import FrozenFaceEncoder, save_face_encoder
+from idjax.face.frozen import FrozenFaceEncoder
 from idjax.models import build_model
 from idjax.models.wan import convert, transformer_weights
 from idjax.models.wan.transformer import WanTransformer
@@ -30,7 +30,7 @@ from idjax.sampling.extend import extend
 from idjax.sampling.generator import Generator
 from idjax.train import checkpoint, trainer
 from idjax.train import step as step_lib
-from helpers import ROOT, mesh_for, put_batch, tiny_face_encoder, wan_diffusers_dir
+from helpers import ROOT, converted_wan_workdir, mesh_for, put_batch
 
 FRAMES, LATENT_FRAMES, SIDE, CHANNELS = 5, 2, 16, 4
 
@@ -69,13 +69,7 @@ BOXES = np.array(
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   root = tmp_path_factory.mktemp("wan_video")
-  encoder = tiny_face_encoder()
-  save_face_encoder(str(root / "face"), encoder.config, encoder.params)
-  source = wan_diffusers_dir(root / "diffusers")
-  out = root / "video"
-  args = ARGS + [f"--config.face_encoder_workdir={root / 'face'}"]
-  assert convert.main(["--diffusers-dir", str(source), "--workdir", str(out), *args]) == 0
-  return dict(root=root, source=source, out=out, args=args)
+  return converted_wan_workdir(root, ARGS)
 
 
 # --- which frames a latent frame covers ----------------------------------------
