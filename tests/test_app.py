@@ -248,6 +248,8 @@ def _tree(folder):
   return out
 
 
+# Two samplings (about 25 s on 2 cores): in the slow set, which CI runs.
+@pytest.mark.slow
 def test_same_files_as_sample_py(model, files, tmp_path):
   video, generator = model
   chars = [

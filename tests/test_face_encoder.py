@@ -145,6 +145,9 @@ def test_training_loss_falls(tmp_path):
   assert isinstance(params["embedding"]["kernel"], np.ndarray)
 
 
+# Three short runs (about 30 s on 2 cores): in the slow set, which CI runs;
+# the video trainer's resume test (test_checkpoint.py) stays in the default run.
+@pytest.mark.slow
 def test_resume_is_bit_identical(tmp_path):
   """Stopped at step 6 (a checkpoint, as SIGTERM leaves one), or killed after
   step 6 with only step 4's checkpoint on disk: either way, training on from

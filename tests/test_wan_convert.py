@@ -131,6 +131,8 @@ def test_backbone_is_the_safetensors_bit_for_bit_beside_fresh_adapters(converted
   assert not any(np.any(m) for m in moments)
 
 
+# A sampling run beside the backbone alone (about 13 s on 2 cores): in the slow set, which CI runs.
+@pytest.mark.slow
 def test_generator_equals_the_backbone_alone_with_fresh_adapters(converted):
   """sample.py's Generator on the converted workdir vs the published DiT and VAE
   read straight from DIR: the fresh identity attentions add exactly zero."""

@@ -150,6 +150,8 @@ def _train_config(trainable):
   return config
 
 
+# Three train steps and a checkpoint round trip (about 20 s on 2 cores): in the slow set, which CI runs.
+@pytest.mark.slow
 def test_adapter_training_leaves_the_backbone_bit_identical(tmp_path):
   config = _train_config("adapters")
   model = models.build_model(config.model)
