@@ -155,6 +155,9 @@ def test_clean_context_draws_leave_the_other_draws_alone():
   assert set(np.unique(context)) == {0, 1, 2, 3, 4, 5}   # 1..T-1 given frames, or none
 
 
+# About 18 s on 2 cores: in the slow set, which CI runs; the step's mesh
+# invariance stays in the default run (test_step_is_mesh_invariant).
+@pytest.mark.slow
 def test_clean_context_step_is_mesh_invariant(encoder):
   config = tiny_train_config()
   model = TinyVideoModel()
