@@ -122,6 +122,10 @@ def get_config():
   config.sample.identity_strength = 0.8
   config.sample.text_guidance = 1.0
   config.sample.identity_guidance = 1.0
+  # Share of the noise swapped for fresh noise after each Euler step
+  # (samplers.renoise_step); 0 is the ODE sampler. Chunked extension keeps
+  # the ODE sampler.
+  config.sample.renoise = 0.0
   config.sample.num_frames = 8           # may exceed data.num_frames (RoPE)
   config.sample.shift = 1.0              # timestep-grid shift; < 1 puts steps at low noise
   # Examples per device per model call. Bit-identical frames on any mesh hold

@@ -202,6 +202,7 @@ VIDEO = COMMON + (
     ("sample.identity_strength", PROBABILITY),
     ("sample.text_guidance", number()),
     ("sample.identity_guidance", number()),
+    ("sample.renoise", PROBABILITY),
     ("sample.num_frames", integer(1)),
     ("sample.shift", POSITIVE),
     ("sample.per_device_batch", integer(1)),
@@ -258,6 +259,8 @@ VIDEO_RELATIONS = (
      "a Wan backbone predicts velocity (model.prediction='velocity')"),
     (("model.backbone", "model.reference_canvas"), lambda b, c: b != "wan" or not c,
      "a Wan backbone reads no reference canvas (model.reference_canvas=False)"),
+    (("sample.sampler", "sample.renoise"), lambda m, r: r == 0 or m == "euler",
+     "sample.renoise > 0 takes sample.sampler='euler'"),
     (("model.freq_dim",), lambda f: f % 2 == 0, "model.freq_dim must be even"),
     (("data.resolution", "model.patch_size"), lambda r, p: r % p[1] == 0 and r % p[2] == 0,
      "data.resolution must be divisible by the patch height and width"),
@@ -293,6 +296,7 @@ ABSENT_AS = {
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas
     "sample.shift": 1.0,             # before the timestep-grid shift
+    "sample.renoise": 0.0,           # before the renoising sampler
     "sample.per_device_batch": 1,    # before batched sampling
 }
 

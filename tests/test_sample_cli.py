@@ -98,6 +98,8 @@ BAD = {
     "zero steps": ["--reference", "{root}/a.png", "--steps", "0"],
     "zero frames": ["--reference", "{root}/a.png", "--frames", "0"],
     "bad sampler": ["--reference", "{root}/a.png", "--sampler", "rk4"],
+    "renoise out of range": ["--reference", "{root}/a.png", "--renoise", "1.5"],
+    "renoise with heun": ["--reference", "{root}/a.png", "--renoise", "0.5", "--sampler", "heun"],
     "box for unknown character": ["--character", "x={root}/a.png", "--box", "y=0,0,.5,.5"],
     "missing box": ["--character", "x={root}/a.png", "--character", "y={root}/a.png",
                     "--box", "x=0,0,.5,.5"],

@@ -44,6 +44,13 @@ def parse_args(argv):
   p.add_argument("--sampler", choices=("euler", "heun"), default=None)
   p.add_argument("--text-guidance", type=float, default=None)
   p.add_argument("--identity-guidance", type=float, default=None)
+  p.add_argument(
+      "--renoise",
+      type=float,
+      default=None,
+      help="share of the noise swapped for fresh noise after each Euler step, "
+      "0..1 (default: the workdir's sample.renoise)",
+  )
   p.add_argument("--fps", type=float, default=8.0)
   p.add_argument("--overwrite", action="store_true")
   p.add_argument("--no-progress", action="store_true")
@@ -89,6 +96,10 @@ def parse_args(argv):
       (
           args.identity_guidance is None or np.isfinite(args.identity_guidance),
           "--identity-guidance must be finite.",
+      ),
+      (
+          args.renoise is None or 0.0 <= args.renoise <= 1.0,
+          f"--renoise must lie in 0..1, got {args.renoise}.",
       ),
       (args.out.lower().endswith(".mp4"), f"--out must end in .mp4, got {args.out!r}."),
       (args.prompt.strip() != "", "--prompt is empty."),
@@ -311,6 +322,7 @@ def write_clip(generator, request: Request) -> dict:
           sampler=args.sampler,
           seed=args.seed,
           layout=None if layout is None else [layout],
+          renoise=args.renoise,
           progress=not args.no_progress,
       )
   except ValueError as e:  # references or frames the model cannot take

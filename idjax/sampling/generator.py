@@ -300,13 +300,14 @@ class Generator:
       self._noise[shape] = jax.jit(lambda key: jax.random.normal(key, shape, jnp.float32))
     return self._noise[shape]
 
-  def _step_fn(self, method: str, passes: int):
-    key = (method, passes)
+  def _step_fn(self, method: str, passes: int, renoise: bool = False):
+    key = (method, passes, renoise)
     if key in self._steps:
       return self._steps[key]
     model = self.model
 
-    def step(params, x, t, t_next, text, identity, strength, s_text, s_id, embeddings=None):
+    def step(params, x, t, t_next, text, identity, strength, s_text, s_id, embeddings=None,
+             fresh=None, eta=None):
       # Zero tokens (the null-text pass) zero a model's text embeddings too.
       kw = {} if embeddings is None else {"text_embeddings": embeddings}
 
@@ -325,6 +326,8 @@ class Generator:
         faces = jnp.max(faces, axis=1)[..., None]  # [B, T, h, w, 1], the union
         return samplers.guide(v_full, v_text, v_null, s_text, s_id, faces)
 
+      if renoise:
+        return samplers.renoise_step(velocity, x, t, t_next, fresh, eta)
       return samplers.step(velocity, x, t, t_next, method)
 
     fn = jax.jit(step, out_shardings=self._frames_sharding(5), donate_argnums=(1,))
@@ -375,6 +378,16 @@ class Generator:
     return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes,
                   embeddings)
 
+  def _fresh_noise(self, seeds, n, shape, level):
+    """Each example's fresh noise for the renoise step into grid level `level`
+    (1..steps): from its own seed, at its own shape, as the starting noise is
+    (so frames stay the same on any mesh); zeros for padding."""
+    noise_fn = self._noise_fn(shape)
+    out = np.zeros((n,) + shape, np.float32)
+    for i, seed in enumerate(seeds):
+      out[i] = np.asarray(noise_fn(rng.derive(int(seed), level, "sample/renoise")))
+    return out
+
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
     if not prompts:
       raise ValueError("At least one prompt is needed.")
@@ -424,7 +437,7 @@ class Generator:
 
   def generate(self, prompts, references=None, num_frames=None, identity_strength=None,
                text_guidance=None, identity_guidance=None, steps=None, sampler=None,
-               seed=0, layout=None, shift=None, progress=True) -> dict:
+               seed=0, layout=None, shift=None, renoise=None, progress=True) -> dict:
     """Samples one clip per prompt.
 
     Args:
@@ -441,6 +454,9 @@ class Generator:
       seed: int (sample i gets seed + i) or B ints (one per sample).
       layout: None (identity unrouted) or, per prompt, one box-trajectory spec
         per character ([4], [2, 4] start/end, or [T, 4]; see layout.py).
+      renoise: share in [0, 1] of the noise swapped for fresh noise after each
+        Euler step (samplers.renoise_step; default config.sample.renoise; 0
+        is the ODE sampler). The fresh noise comes from each example's seed.
       progress: tqdm bar over denoising steps.
 
     Returns:
@@ -456,6 +472,11 @@ class Generator:
     s_id = float(defaults.identity_guidance if identity_guidance is None else identity_guidance)
     strength = defaults.identity_strength if identity_strength is None else identity_strength
     shift = float(defaults.shift if shift is None else shift)
+    eta = float(defaults.renoise if renoise is None else renoise)
+    if not 0.0 <= eta <= 1.0:
+      raise ValueError(f"renoise must lie in [0, 1], got {eta}.")
+    if eta > 0 and sampler != "euler":
+      raise ValueError(f"renoise > 0 takes the euler sampler, not {sampler!r}.")
     prompts = list(prompts)
     b = len(prompts)
     references = [[] for _ in prompts] if references is None else [list(c) for c in references]
@@ -476,7 +497,7 @@ class Generator:
     timings["prepare_s"] = time.perf_counter() - start
 
     passes = 1 if (s_text == 1.0 and s_id == 1.0) else (2 if s_text == 1.0 else 3)
-    step_fn = self._step_fn(sampler, passes)
+    step_fn = self._step_fn(sampler, passes, renoise=eta > 0)
     grid = samplers.timesteps(steps, shift)
     g = self.chunk
     chunks = []
@@ -502,9 +523,15 @@ class Generator:
       for i in bar:
         t = jax.device_put(grid[i], self._replicated)
         t_next = jax.device_put(grid[i + 1], self._replicated)
-        for c in chunks:
+        extra = ()
+        if eta > 0:
+          fresh = self._fresh_noise(seeds, len(host.noise), host.noise.shape[1:], i + 1)
+          extra = (jax.device_put(jnp.float32(eta), self._replicated),)
+        for lo, c in zip(range(0, len(host.noise), g), chunks):
+          if eta > 0:
+            extra = (jax.device_put(fresh[lo:lo + g], self._frames_sharding(5)),) + extra[-1:]
           c["x"] = step_fn(self.params, c["x"], t, t_next, c["text"], c["identity"],
-                           c["strength"], s_text_a, s_id_a, c["embeddings"])
+                           c["strength"], s_text_a, s_id_a, c["embeddings"], *extra)
         if i == 0:
           jax.block_until_ready([c["x"] for c in chunks])
           timings["first_step_s"] = time.perf_counter() - start  # includes compilation

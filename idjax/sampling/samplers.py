@@ -79,6 +79,24 @@ def step(velocity_fn, x, t, t_next, method: str = "euler"):
   raise ValueError(f"Unknown sampler {method!r}; expected one of {METHODS}.")
 
 
+def renoise_step(velocity_fn, x, t, t_next, fresh, eta):
+  """An Euler step that swaps a share `eta` of the noise for `fresh` noise.
+
+  From v at (x, t): the clean estimate x0 = x - t v and the noise the state
+  implies, e = x + (1 - t) v (x = (1 - t) x0 + t e on the flow's line). The
+  next state is (1 - t_next) x0 + t_next (sqrt(1 - eta^2) e + eta fresh).
+  eta = 0 is the Euler step (up to rounding); eta = 1 rebuilds every state
+  from the clean estimate and new noise, so the starting noise is not
+  carried into the picture (the demo's blotched background, issue 10).
+  The last step (t_next = 0) lands on x0. Scalars t, t_next and eta.
+  """
+  v = velocity_fn(x, t)
+  clean = x - t * v
+  implied = x + (1.0 - t) * v
+  noise = jnp.sqrt(1.0 - eta * eta) * implied + eta * fresh
+  return (1.0 - t_next) * clean + t_next * noise
+
+
 def sample(velocity_fn, x_T, grid, method: str = "euler"):
   """Integrates x_T (at grid[0], normally 1) to grid[-1] (normally 0).
 
