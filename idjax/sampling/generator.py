@@ -362,10 +362,7 @@ class Generator:
     strength[:b] = strengths
     frames = self.model_frames(num_frames)
     shape = (frames, side, side, self.channels)
-    noise_fn = self._noise_fn(shape)
-    noise = np.zeros((n,) + shape, np.float32)
-    for i, seed in enumerate(seeds):
-      noise[i] = np.asarray(noise_fn(rng.derive(int(seed), 0, "sample/noise")))
+    noise = self._seeded_noise(seeds, n, shape, 0, "sample/noise")
     # Without a layout every token may attend to the identity: all-ones masks,
     # which is what the trainer's mask dropout taught the model to handle.
     masks = np.ones((n, c, frames, side, side), np.float32)
@@ -378,14 +375,15 @@ class Generator:
     return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes,
                   embeddings)
 
-  def _fresh_noise(self, seeds, n, shape, level):
-    """Each example's fresh noise for the renoise step into grid level `level`
-    (1..steps): from its own seed, at its own shape, as the starting noise is
-    (so frames stay the same on any mesh); zeros for padding."""
+  def _seeded_noise(self, seeds, n, shape, step, purpose):
+    """[n, *shape] noise, example i's from `rng.derive(seeds[i], step, purpose)`
+    at its own fixed shape (so the same on any mesh or batch); zeros for
+    padding. Step 0 is the starting noise, step k the renoise step into grid
+    level k."""
     noise_fn = self._noise_fn(shape)
     out = np.zeros((n,) + shape, np.float32)
     for i, seed in enumerate(seeds):
-      out[i] = np.asarray(noise_fn(rng.derive(int(seed), level, "sample/renoise")))
+      out[i] = np.asarray(noise_fn(rng.derive(int(seed), step, purpose)))
     return out
 
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
@@ -515,6 +513,7 @@ class Generator:
     timings["encode_s"] = time.perf_counter() - start
     s_text_a = jax.device_put(jnp.float32(s_text), self._replicated)
     s_id_a = jax.device_put(jnp.float32(s_id), self._replicated)
+    eta_a = jax.device_put(jnp.float32(eta), self._replicated)
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"{sampler} x{passes}", disable=not progress, leave=False)
     # The model's activation constraints take effect here, as in training
@@ -523,13 +522,13 @@ class Generator:
       for i in bar:
         t = jax.device_put(grid[i], self._replicated)
         t_next = jax.device_put(grid[i + 1], self._replicated)
-        extra = ()
+        fresh = None
         if eta > 0:
-          fresh = self._fresh_noise(seeds, len(host.noise), host.noise.shape[1:], i + 1)
-          extra = (jax.device_put(jnp.float32(eta), self._replicated),)
+          fresh = self._seeded_noise(seeds, len(host.noise), host.noise.shape[1:], i + 1,
+                                     "sample/renoise")
         for lo, c in zip(range(0, len(host.noise), g), chunks):
-          if eta > 0:
-            extra = (jax.device_put(fresh[lo:lo + g], self._frames_sharding(5)),) + extra[-1:]
+          extra = () if fresh is None else (
+              jax.device_put(fresh[lo:lo + g], self._frames_sharding(5)), eta_a)
           c["x"] = step_fn(self.params, c["x"], t, t_next, c["text"], c["identity"],
                            c["strength"], s_text_a, s_id_a, c["embeddings"], *extra)
         if i == 0:
