@@ -6,6 +6,7 @@ is wanted (or the reverse), it does not lie under a regular file, and the
 nearest existing folder accepts a new file. Nothing is created by a check.
 """
 
+import contextlib
 import os
 import tempfile
 
@@ -62,21 +63,30 @@ def check_files(paths, flag: str, overwrite: bool) -> None:
     _check_creatable(path, flag)
 
 
-def atomic_write(path: str, write) -> None:
-  """Calls write(tmp_path), flushes it to disk, then renames it onto `path`:
-  an interrupted run never leaves a truncated file under the final name.
-  The temporary name keeps the extension (some writers pick the format by it)."""
+@contextlib.contextmanager
+def atomic_file(path: str):
+  """Yields a temporary path beside `path` to write; when the block ends
+  without an exception the file is flushed to disk and renamed onto `path`,
+  and in every case the temporary file is gone afterwards: an interrupted run
+  never leaves a truncated file under the final name. The temporary name
+  keeps the extension (some writers pick the format by it)."""
   directory, name = os.path.split(os.path.abspath(path))
   stem, ext = os.path.splitext(name)
   tmp = os.path.join(directory, f".{stem}.{os.getpid()}.tmp{ext}")
   try:
-    write(tmp)
+    yield tmp
     with open(tmp, "rb+") as f:
       os.fsync(f.fileno())
     os.replace(tmp, path)
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def atomic_write(path: str, write) -> None:
+  """Calls write(tmp_path) inside `atomic_file(path)`."""
+  with atomic_file(path) as tmp:
+    write(tmp)
 
 
 def write_text(path: str, text: str) -> None:

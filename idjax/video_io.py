@@ -4,9 +4,11 @@ Every writer goes through a temporary file in the target directory, flushed
 to disk, and an `os.replace`, so an interrupted run never leaves a truncated
 file under the final name. Small clips are upscaled by an integer factor
 (nearest neighbour, so pixels stay exact) for viewing; the factor is the
-smallest that makes the frame side at least `min_side`.
+smallest that makes the frame side at least `min_side`. The MP4 can be
+written chunk by chunk as a clip is decoded (`mp4_writer`).
 """
 
+import contextlib
 import warnings
 
 import einops
@@ -28,11 +30,16 @@ def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
   return np.repeat(np.repeat(frames, factor, axis=-3), factor, axis=-2)
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 256):
-  """frames: uint8 [T, H, W, 3]."""
-  frames = upscale(np.asarray(frames, np.uint8), upscale_factor(frames.shape[1], min_side))
+@contextlib.contextmanager
+def mp4_writer(path: str, fps: float = 8.0, min_side: int = 256):
+  """Writes an MP4 as its frames come: yields append(frames uint8 [t, H, W, 3]).
 
-  def write(tmp):
+  The file appears at `path` when the block ends without an exception (the
+  encoder writes a temporary file, renamed then, as `paths.atomic_file`);
+  if it raises, no file is left. Only one chunk of frames is held at a time,
+  so a clip streams from its decoder to the file.
+  """
+  with paths.atomic_file(path) as tmp:
     # The ffmpeg subprocess starts by fork+exec, which JAX warns about; exec
     # follows at once, so the warning does not apply here.
     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
@@ -40,10 +47,19 @@ def write_mp4(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 2
     with imageio.get_writer(tmp, format="FFMPEG", mode="I", fps=fps, codec="libx264",
                             macro_block_size=1, quality=8,
                             ffmpeg_log_level="error") as writer:
-      for frame in frames:
-        writer.append_data(frame)
 
-  paths.atomic_write(path, write)
+      def append(frames):
+        frames = np.asarray(frames, np.uint8)
+        for frame in upscale(frames, upscale_factor(frames.shape[1], min_side)):
+          writer.append_data(frame)
+
+      yield append
+
+
+def write_mp4(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 256):
+  """frames: uint8 [T, H, W, 3]."""
+  with mp4_writer(path, fps, min_side) as append:
+    append(frames)
 
 
 def write_gif(path: str, frames: np.ndarray, fps: float = 8.0, min_side: int = 128):
