@@ -277,12 +277,12 @@ def random_refs(rng, n, size=16):
 # --- a tiny autoencoder for the latent space ----------------------------------------
 
 
-def tiny_autoencoder(seed=3):
+def tiny_autoencoder(seed=3, temporal_kernel=2, decoder_blocks=(1, 1)):
   """The real autoencoder module, tiny (4x spatial, 4 latent channels), random params."""
   acfg = configlib.load_config_file("configs/autoencoder.py")
   m = acfg.model
-  m.widths, m.encoder_blocks, m.decoder_blocks = (4, 8), (1, 1), (1, 1)
-  m.latent_channels, m.patch, m.temporal_kernel, m.groups = 4, 2, 2, 2
+  m.widths, m.encoder_blocks, m.decoder_blocks = (4, 8), (1, 1), decoder_blocks
+  m.latent_channels, m.patch, m.temporal_kernel, m.groups = 4, 2, temporal_kernel, 2
   module = autoencoder_from_config(m)
   abstract = jax.eval_shape(
       lambda: module.init(

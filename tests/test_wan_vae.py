@@ -157,6 +157,28 @@ def test_chunked_decode_equals_whole_in_bounded_memory(vae, raw_decoder):
   assert whole.memory_analysis().temp_size_in_bytes > 2 * longer.temp_size_in_bytes
 
 
+def test_decode_more_streams_the_clip_over_calls_as_decode(vae):
+  """Latent frame 0 alone, then chunks of 3 carrying the cache (8 is not a
+  multiple: the last chunk repeats the last latent frame, its frames dropped)."""
+  latents = np.random.default_rng(1).normal(size=(1, 9, 2, 3, 4)).astype(np.float32)
+  whole = np.asarray(_jit(vae.decode)(vae.params, latents))
+  more = _jit(vae.decode_more)
+  first, cache = more(vae.params, latents[:, :1])
+  parts = [np.asarray(first)]
+  padded = np.concatenate([latents, latents[:, -1:]], 1)
+  for lo in range(1, 9, 3):
+    frames, cache = more(vae.params, padded[:, lo:lo + 3], cache)
+    chex.assert_shape(frames, (1, 12, 16, 24, 3))
+    parts.append(np.asarray(frames))
+  streamed = np.concatenate(parts, 1)[:, :33]
+  chex.assert_shape(whole, (1, 33, 16, 24, 3))
+  np.testing.assert_array_equal(streamed, whole)
+  # Without the cache (each chunk a clip's first after frame 0) frames differ.
+  _, fresh = more(vae.params, latents[:, :1])
+  frames, _ = more(vae.params, latents[:, 4:7], fresh)
+  assert np.abs(np.asarray(frames) - whole[:, 13:25]).max() > 1e-3
+
+
 def test_chunked_encode_equals_whole(vae, reference, encode):
   frames = reference["frames_9"]
   whole = _jit(lambda p, x: vae_lib.encode(vae.module, p, x, latent_frames_per_step=2))

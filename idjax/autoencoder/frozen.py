@@ -56,7 +56,11 @@ class FrozenAutoencoder:
     latent_channels: C.
     latent_mean, latent_std: float32 [C], statistics of raw latents over
       training clips; `encode` returns (raw - mean) / std.
+    decode_context: latent frames before a chunk that `decode_more` reads.
+    decode_lead: latent frames that `decode_more` must take alone first (none).
   """
+
+  decode_lead = 0
 
   def __init__(self, config, params, latent_mean, latent_std):
     self.config = config
@@ -65,6 +69,7 @@ class FrozenAutoencoder:
     self.spatial_factor = self.module.spatial_factor
     self.temporal_factor = 1
     self.latent_channels = self.module.latent_channels
+    self.decode_context = self.module.decode_context
     self.latent_mean = np.asarray(latent_mean, np.float32).reshape(self.latent_channels)
     self.latent_std = np.asarray(latent_std, np.float32).reshape(self.latent_channels)
 
@@ -120,3 +125,19 @@ class FrozenAutoencoder:
     """
     raw = latents.astype(jnp.float32) * self.latent_std + self.latent_mean
     return self.module.apply({"params": params}, raw, method=Autoencoder.decode)
+
+  def decode_more(self, params, latents, cache=None):
+    """`decode` of a clip streamed over calls, chunk by chunk: (frames, None).
+
+    Args:
+      params: the autoencoder's params.
+      latents: normalised latents [B, decode_context + n, h, w, C]: a chunk's
+        n latent frames after the `decode_context` frames before it (copies of
+        frame 0 where the clip has none; the causal padding repeats frame 0).
+      cache: unused (None); the Wan VAE's `decode_more` carries one.
+
+    Returns:
+      (frames float32 [B, n, H, W, 3], equal to `decode`'s frames of the
+      chunk inside the whole clip, None).
+    """
+    return self.decode(params, latents)[:, self.decode_context:], cache

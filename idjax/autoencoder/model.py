@@ -195,6 +195,13 @@ class Autoencoder(nn.Module):
   def spatial_factor(self) -> int:
     return self.patch * 2 ** (len(self.widths) - 1)
 
+  @property
+  def decode_context(self) -> int:
+    """Latent frames before frame t that decoding frame t reads: k - 1 per
+    causal temporal conv of the decoder, one per block of its last level
+    (their receptive fields add up)."""
+    return self.decoder_blocks[-1] * (self.temporal_kernel - 1)
+
   def encode(self, frames):
     """frames float [B, T, H, W, 3] -> raw latents [B, T, H/s, W/s, C]."""
     return self.encoder(frames)

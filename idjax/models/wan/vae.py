@@ -298,20 +298,31 @@ class WanVAE(nn.Module):
     return self.decode_chunk(self.encode_chunk(frames))
 
 
-def _scan_chunks(module, params, method, first, rest, steps):
-  """Runs `method` on `first`, then scans it over `rest` in chunks of `steps`
-  frames, carrying the causal caches; returns all outputs along time."""
-  out, state = module.apply({"params": params}, first, method=method, mutable=[CACHE])
-  if rest.shape[1] == 0:
-    return out
+def _first_chunk(module, params, method, first):
+  """`method` on a clip's first chunk: (its output, the causal caches after it)."""
+  return module.apply({"params": params}, first, method=method, mutable=[CACHE])
+
+
+def _scan(module, params, method, state, rest, steps):
+  """Scans `method` over `rest` in chunks of `steps` frames from the caches
+  `state`: (outputs along time, the caches after the last chunk)."""
 
   def step(state, chunk):
     y, state = module.apply({"params": params, **state}, chunk, method=method, mutable=[CACHE])
     return state, y
 
   chunks = einops.rearrange(rest, "b (n t) h w c -> n b t h w c", t=steps)
-  _, ys = jax.lax.scan(step, state, chunks)
-  ys = einops.rearrange(ys, "n b t h w c -> b (n t) h w c")
+  state, ys = jax.lax.scan(step, state, chunks)
+  return einops.rearrange(ys, "n b t h w c -> b (n t) h w c"), state
+
+
+def _scan_chunks(module, params, method, first, rest, steps):
+  """Runs `method` on `first`, then scans it over `rest` in chunks of `steps`
+  frames, carrying the causal caches; returns all outputs along time."""
+  out, state = _first_chunk(module, params, method, first)
+  if rest.shape[1] == 0:
+    return out
+  ys, _ = _scan(module, params, method, state, rest, steps)
   return jnp.concatenate([out, ys], axis=1)
 
 
@@ -357,6 +368,21 @@ def decode(module: WanVAE, params, latents, latent_frames_per_step: int = 1):
   _check_steps(latent_frames_per_step, latents.shape[1] - 1, "Latent frames")
   first, rest = latents[:, :1], latents[:, 1:]
   return _scan_chunks(module, params, WanVAE.decode_chunk, first, rest, latent_frames_per_step)
+
+
+def decode_more(module: WanVAE, params, latents, cache=None, latent_frames_per_step: int = 1):
+  """`decode` of a clip streamed over calls: (frames, cache) of the next latents.
+
+  The first call (cache None) takes latent frame 0 alone; each later call
+  any number of latent frames (a multiple of `latent_frames_per_step`) with
+  the cache the call before returned. The frames are `decode`'s frames of
+  those latents, so a clip decodes in device memory bounded by a call's
+  latents, whatever its length. Pure, jit-able.
+  """
+  if cache is None:
+    return _first_chunk(module, params, WanVAE.decode_chunk, latents)
+  _check_steps(latent_frames_per_step, latents.shape[1], "Latent frames")
+  return _scan(module, params, WanVAE.decode_chunk, cache, latents, latent_frames_per_step)
 
 
 def _blend(a, b, extent: int, axis: int):

@@ -164,10 +164,16 @@ class FrozenWanVAE:
     tiling: None, or (tile, stride) in pixels: encode and decode overlapping
       tiles, blended, as diffusers' `enable_tiling` (its default: 256, 192).
       Peak memory is then one tile's; the output differs a little.
+    decode_context: latent frames before a chunk that `decode_more` reads
+      (none: it carries the causal caches instead).
+    decode_lead: latent frames that `decode_more` takes alone first (1: the
+      first latent frame decodes to one frame, through other resamplers).
   """
 
   spatial_factor = vae_lib.WanVAE.spatial_factor
   temporal_factor = vae_lib.WanVAE.temporal_factor
+  decode_context = 0
+  decode_lead = 1
 
   def __init__(
       self,
@@ -252,10 +258,25 @@ class FrozenWanVAE:
       clipped, so gradients reach every latent (diffusers' `decode` clamps
       to [-1, 1]: clip to get its output).
     """
-    raw = latents.astype(jnp.float32) * self.latent_std + self.latent_mean
-    raw, steps = raw.astype(self.dtype), self.latent_frames_per_step
+    raw, steps = self._raw(latents), self.latent_frames_per_step
     if self.tiling:
       frames = vae_lib.tiled_decode(self.module, params, raw, *self.tiling, steps)
     else:
       frames = vae_lib.decode(self.module, params, raw, steps)
     return frames.astype(jnp.float32)
+
+  def decode_more(self, params, latents, cache=None):
+    """`decode` of a clip streamed over calls (vae.decode_more): (frames, cache).
+
+    The first call (cache None) takes latent frame 0 alone, each later one
+    the next latent frames (a multiple of latent_frames_per_step) and the
+    cache the call before returned. Not tiled. Pure, jit-able.
+    """
+    frames, cache = vae_lib.decode_more(
+        self.module, params, self._raw(latents), cache, self.latent_frames_per_step
+    )
+    return frames.astype(jnp.float32), cache
+
+  def _raw(self, latents):
+    """Normalised latents -> raw ones, in the compute dtype."""
+    return (latents.astype(jnp.float32) * self.latent_std + self.latent_mean).astype(self.dtype)
