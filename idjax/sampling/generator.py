@@ -21,6 +21,15 @@ In latent space (config.model.space == "latent") the model diffuses the
 frozen autoencoder's latents: noise and face masks are made at the latent
 grid, and the latents are decoded to frames at the end, chunk by chunk with
 the same per-device shapes, so the bit-identity above holds for the frames.
+The decode streams over time too: `decode_frames` latent frames per call
+(default DECODE_FRAMES), each call's uint8 frames copied to the host (and
+handed to `generate`'s `on_frames`) before the next, so device memory for
+the decode is one chunk's whatever the clip's length, and the host never
+holds the clip as floats. A chunk reads the `decode_context` latent frames
+before it (the project autoencoder's causal temporal convs), or continues
+the cache of the one before (the Wan VAE's); every chunk has one shape (the
+last repeats the clip's last latent frame, and the frames it gives are
+dropped), so the frames equal a whole-clip decode's.
 An autoencoder with temporal factor f > 1 (the Wan VAE, f = 4) takes
 T = 1 + f k frames and the model T' = 1 + k latent frames; a latent
 frame's face mask is the union of the masks of the frames it covers
@@ -64,6 +73,11 @@ from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.models.wan.identity_dit import dummy_text_embeddings
 from idjax.sampling import samplers
+
+# Latent frames per decoder call: the decoder's activations are this many
+# frames' (4x as many frames of the Wan VAE); longer chunks make fewer calls
+# and re-read less context.
+DECODE_FRAMES = 16
 
 
 def resolve_path(path: str, workdir: str) -> str:
@@ -157,12 +171,14 @@ class Generator:
       in pixel space).
     mesh, rules: where sampling runs.
     per_device_batch: examples per device per model call (see module doc).
+    decode_frames: latent frames per decoder call (see module doc).
     text_table: the precomputed text embeddings (idjax.data.text_embeddings)
       of a model that reads them instead of prompt tokens, else None.
   """
 
   def __init__(self, config, params, face_encoder: FrozenFaceEncoder, mesh=None,
-               per_device_batch: int | None = None, autoencoder=None, text_table=None):
+               per_device_batch: int | None = None, autoencoder=None, text_table=None,
+               decode_frames: int = DECODE_FRAMES):
     config = config_rules.with_absent_keys(config)
     self.config = config
     self.model = models.build_model(config.model)
@@ -175,6 +191,9 @@ class Generator:
     if per_device_batch is None:
       per_device_batch = int(config.sample.per_device_batch)
     self.per_device_batch = per_device_batch
+    if decode_frames < 1:
+      raise ValueError(f"decode_frames must be >= 1, got {decode_frames}.")
+    self.decode_frames = decode_frames
     self.chunk = per_device_batch * sharding.batch_axis_size(self.mesh, self.rules)
     self.resolution = int(config.data.resolution)
     self.reference_resolution = int(config.data.reference_resolution)
@@ -201,7 +220,7 @@ class Generator:
     self.face_params = jax.device_put(face_encoder.params, self._replicated)
     self.autoencoder_params = (None if autoencoder is None
                                else jax.device_put(autoencoder.params, self._replicated))
-    self._decode = None
+    self._decode = {}
     self._steps = {}
     self._encode = None
     self._canvas = None
@@ -277,14 +296,48 @@ class Generator:
       self._canvas = jax.jit(canvas)
     return self._canvas
 
-  def _to_frames(self, x):
-    """The model's clean output -> uint8 frames (decoded in latent space)."""
-    if self.autoencoder is None:
-      return diffusion.to_uint8(x)
-    if self._decode is None:
-      ae = self.autoencoder
-      self._decode = jax.jit(lambda params, z: diffusion.to_uint8(ae.decode(params, z)))
-    return self._decode(self.autoencoder_params, x)
+  def _to_frames(self, x, on_frames=None) -> np.ndarray:
+    """The model's clean output [G, T', ...] (on the mesh) -> uint8 frames
+    [G, T, H, W, 3] on the host, decoded in chunks of `decode_frames` latent
+    frames (module doc); `on_frames(frames)` gets each chunk's frames as they
+    arrive."""
+    ae, total = self.autoencoder, x.shape[1]
+    lead = 0 if ae is None else ae.decode_lead
+    size = max(min(self.decode_frames, total - lead), 1)
+    bounds = [(0, lead)] if lead else []
+    bounds += [(lo, min(lo + size, total)) for lo in range(lead, total, size)]
+    cache, parts = None, []
+    for lo, hi in bounds:
+      chunk = lead if lo < lead else size
+      frames, cache = self._decode_fn(chunk)(self.autoencoder_params, x, jnp.int32(lo), cache)
+      # Drops the frames of latents past the clip's end (the last chunk's padding).
+      frames = np.asarray(frames)[:, :frames.shape[1] // chunk * (hi - lo), ..., :3]
+      if on_frames is not None:
+        on_frames(frames)
+      parts.append(frames)
+    return np.concatenate(parts, axis=1)
+
+  def _decode_fn(self, size: int):
+    """(autoencoder params, x [G, T', ...], start, cache) -> (uint8 frames of
+    latent frames [start, start + size), the decoder's cache after them):
+    one program for every chunk of `size` (the Wan VAE's first call, with no
+    cache, is its own). Latent frames before 0 are copies of frame 0 (what
+    the causal padding reads), after the clip copies of its last."""
+    if size in self._decode:
+      return self._decode[size]
+    ae = self.autoencoder
+    context = 0 if ae is None else ae.decode_context
+
+    def decode(params, x, start, cache):
+      index = jnp.clip(start - context + jnp.arange(context + size), 0, x.shape[1] - 1)
+      window = jnp.take(x, index, axis=1)
+      if ae is None:
+        return diffusion.to_uint8(window), cache
+      frames, cache = ae.decode_more(params, window, cache)
+      return diffusion.to_uint8(frames), cache
+
+    self._decode[size] = jax.jit(decode)
+    return self._decode[size]
 
   def model_frames(self, num_frames: int) -> int:
     """Frames of the grid the model diffuses for a clip of `num_frames`: the
@@ -435,7 +488,8 @@ class Generator:
 
   def generate(self, prompts, references=None, num_frames=None, identity_strength=None,
                text_guidance=None, identity_guidance=None, steps=None, sampler=None,
-               seed=0, layout=None, shift=None, renoise=None, progress=True) -> dict:
+               seed=0, layout=None, shift=None, renoise=None, progress=True,
+               on_frames=None) -> dict:
     """Samples one clip per prompt.
 
     Args:
@@ -456,6 +510,10 @@ class Generator:
         Euler step (samplers.renoise_step; default config.sample.renoise; 0
         is the ODE sampler). The fresh noise comes from each example's seed.
       progress: tqdm bar over denoising steps.
+      on_frames: None, or a function called as the clips are decoded, with
+        (i, uint8 [n, t, H, W, 3]): the next t frames of samples i .. i + n - 1
+        (a group's frames in order of time, groups in order of samples), so
+        a writer can take them as they come.
 
     Returns:
       dict(frames uint8 [B, T, H, W, 3], boxes float32 [B, C, T, 4] or None,
@@ -534,7 +592,13 @@ class Generator:
         if i == 0:
           jax.block_until_ready([c["x"] for c in chunks])
           timings["first_step_s"] = time.perf_counter() - start  # includes compilation
-    frames = np.concatenate([np.asarray(self._to_frames(c["x"])) for c in chunks])[:b]
+    frames = []
+    for lo, c in zip(range(0, len(host.noise), g), chunks):
+      real = min(g, b - lo)  # the group's samples, not its padding (only the last has some)
+      sink = None if on_frames is None else (
+          lambda part, lo=lo, real=real: on_frames(lo, part[:real]))
+      frames.append(self._to_frames(c["x"], sink))
+    frames = np.concatenate(frames)[:b]
     timings["sampling_s"] = time.perf_counter() - start
     timings["steps"] = steps
     timings["model_passes_per_evaluation"] = passes
