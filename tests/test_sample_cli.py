@@ -13,9 +13,10 @@ import pytest
 from PIL import Image
 
 import sample  # the entry point (the repository root is on pytest's pythonpath)
+from idjax import video_io
 from idjax.eval import metrics
 from idjax.face.frozen import FrozenFaceEncoder
-from idjax.sampling.generator import prepare_reference
+from idjax.sampling.generator import Generator, prepare_reference
 
 from helpers import ROOT, make_workdir
 
@@ -71,6 +72,9 @@ def test_normal_run_writes_all_outputs(setup, capsys):
   # contact sheet (2 references, a 2-pixel gap, 4 frames of 16 px, upscaled
   # x8), the references as sample.py prepares them, the eval encoder's workdir.
   frames = einops.rearrange(sheet[::8, ::8][:, -4 * 16:], "h (t w) c -> t h w c", t=4)
+  # The MP4, streamed as the clip was decoded, is the file of those frames.
+  video_io.write_mp4(str(root / "from_sheet.mp4"), frames)
+  assert open(stem + ".mp4", "rb").read() == (root / "from_sheet.mp4").read_bytes()
   refs = [prepare_reference(sample.load_image(str(root / name)), 16)
           for name in ("a.png", "rgba.png")]
   scorer = metrics.FaceScorer(FrozenFaceEncoder.from_workdir(report["metrics"]["encoder"]))
@@ -88,6 +92,21 @@ def test_normal_run_writes_all_outputs(setup, capsys):
                "--out", out2, "--frames", "2", "--steps", "1", "--no-progress"])
   report = json.load(open(out2[:-4] + ".json"))
   assert report["metrics"]["box_source"] == "layout"
+
+
+def test_a_failure_while_sampling_leaves_no_mp4(setup, monkeypatch):
+  root, video, _ = setup
+
+  def fails_mid_stream(self, *args, on_frames, **kwargs):
+    on_frames(0, np.zeros((1, 2, 16, 16, 3), np.uint8))
+    raise RuntimeError("out of memory")
+
+  monkeypatch.setattr(Generator, "generate", fails_mid_stream)
+  out = root / "failed" / "clip.mp4"
+  with pytest.raises(RuntimeError, match="out of memory"):
+    sample.main(["--workdir", video, "--reference", str(root / "a.png"), "--prompt", "a person",
+                 "--out", str(out), "--frames", "4", "--steps", "1", "--no-progress"])
+  assert os.listdir(out.parent) == []
 
 
 BAD = {

@@ -307,26 +307,31 @@ def write_clip(generator, request: Request) -> dict:
       temporal_factor=generator.temporal_factor,
   )
   references = [images[n] for n in chars]
-  try:
-    if extending:
-      out = _extend(generator, request, references)
-    else:
-      out = generator.generate(
-          [args.prompt],
-          [references],
-          num_frames=args.frames,
-          identity_strength=args.identity_strength,
-          text_guidance=args.text_guidance,
-          identity_guidance=args.identity_guidance,
-          steps=args.steps,
-          sampler=args.sampler,
-          seed=args.seed,
-          layout=None if layout is None else [layout],
-          renoise=args.renoise,
-          progress=not args.no_progress,
-      )
-  except ValueError as e:  # references or frames the model cannot take
-    raise configlib.UsageError(str(e)) from None
+  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+  # The MP4 takes the frames as they are decoded; it is left only if sampling succeeds.
+  with video_io.mp4_writer(outputs["mp4"], fps=args.fps) as append_mp4:
+    try:
+      if extending:
+        out = _extend(generator, request, references)
+        append_mp4(out["frames"][0])
+      else:
+        out = generator.generate(
+            [args.prompt],
+            [references],
+            num_frames=args.frames,
+            identity_strength=args.identity_strength,
+            text_guidance=args.text_guidance,
+            identity_guidance=args.identity_guidance,
+            steps=args.steps,
+            sampler=args.sampler,
+            seed=args.seed,
+            layout=None if layout is None else [layout],
+            renoise=args.renoise,
+            progress=not args.no_progress,
+            on_frames=lambda _, frames: append_mp4(frames[0]),
+        )
+    except ValueError as e:  # references or frames the model cannot take
+      raise configlib.UsageError(str(e)) from None
   frames = out["frames"][0]
 
   prepared = [
@@ -341,10 +346,8 @@ def write_clip(generator, request: Request) -> dict:
     report["encoder"] = os.path.abspath(eval_dir)
     report["characters"] = dict(zip(chars, report["characters"]))
 
-  os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   if "npy" in outputs:  # lossless: the MP4 re-encodes the given frames too
     paths.atomic_write(outputs["npy"], lambda tmp: np.save(tmp, frames))
-  video_io.write_mp4(outputs["mp4"], frames, fps=args.fps)
   video_io.write_gif(outputs["gif"], frames, fps=args.fps)
   sheet_refs = [r for refs in prepared for r in refs]
   video_io.write_png(outputs["png"], video_io.contact_sheet(frames, sheet_refs))
