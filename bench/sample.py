@@ -6,9 +6,10 @@
 Times `Generator.generate` (first step separately: it includes compilation)
 and prints one JSON line, also written to --out. Memory: the process's peak
 resident set (on CPU the device memory is host memory: weights, XLA's
-buffers, the clip and its decode) and XLA's compiled memory analysis of one
-sampling step at this size (arguments, outputs, temporaries). Against frames:
-bench/sample_frames.py.
+buffers, the clip and its decode, `Generator.decode_frames` latent frames at
+a time; `total_s` includes the decode) and XLA's compiled memory analysis of
+one sampling step at this size (arguments, outputs, temporaries). Against
+frames: bench/sample_frames.py.
 """
 
 import argparse
@@ -61,8 +62,8 @@ def record_first_step_call(gen) -> list:
   seen = []
   build = gen._step_fn
 
-  def recording_step_fn(method, passes):
-    step = build(method, passes)
+  def recording_step_fn(method, passes, renoise=False):
+    step = build(method, passes, renoise)
 
     def call(*step_args):
       if not seen:  # shapes and placements only: the state argument is donated
