@@ -123,7 +123,7 @@ def get_config():
   config.sample.text_guidance = 1.0
   config.sample.identity_guidance = 1.0
   # Share of the noise swapped for fresh noise after each Euler step
-  # (samplers.renoise_step); 0 is the ODE sampler. Chunked extension keeps
+  # (samplers.renoise_step), in one-shot and chunked sampling alike; 0 is
   # the ODE sampler.
   config.sample.renoise = 0.0
   config.sample.num_frames = 8           # may exceed data.num_frames (RoPE)

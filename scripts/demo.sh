@@ -31,6 +31,6 @@ $PY sample.py --workdir "$RUNS/video" --reference "$RUNS"/heldout/ref_*.png \
   --prompt "$(cat "$RUNS/heldout/prompt.txt")" --out "$RUNS/sample/heldout.mp4" --seed 0 --overwrite
 
 stage "6/6 evaluating on held-out identities"
-$PY -m idjax.eval --workdir "$RUNS/video" --num-identities 8 --out "$RUNS/eval.json" --overwrite
+$PY -m idjax.eval --workdir "$RUNS/video" --num-identities 32 --out "$RUNS/eval.json" --overwrite
 
 echo; echo "demo finished in $(( $(date +%s) - t0 ))s; outputs in $RUNS/"

@@ -1,4 +1,4 @@
-"""How often do N real clips land in the HF band against a pool of 64 real clips?
+"""How often do N real clips land in the HF band against the eval's pool of real clips?
 
 The HF ratio (idjax.eval.realism.hf_ratios) pools each set's squared
 Laplacian over all its clips. This compares that with a geometric mean over
@@ -19,7 +19,7 @@ from idjax import configlib
 from idjax.data import world
 from idjax.eval import benchmark, realism
 
-SETS_CLIPS, POOL_CLIPS, BAND = 320, 64, (0.7, 1.4)
+SETS_CLIPS, BAND = 320, (0.7, 1.4)
 
 
 def renders(cfg, ids, first, count):
@@ -41,14 +41,15 @@ def geometric(frames, boxes, region):
 def main():
   cfg = benchmark.world_config(configlib.load_config_file("configs/tiny_latent.py"))
   ids = world.split_identities("heldout", 400)
-  pool = renders(cfg, ids, 10_000, POOL_CLIPS)
+  pool = renders(cfg, ids, 10_000, benchmark.HF_POOL_FRAMES // cfg.num_frames)
+  pool_energy = realism.laplacian_energy(*pool)
   frames, boxes = renders(cfg, ids, 0, SETS_CLIPS)
   for n in (8, 32):
-    for region in ("background", "face"):
+    for region in ("background", "backdrop", "face"):
       pooled, geo = [], []
       for s in range(SETS_CLIPS // n):
         f, b = frames[s * n : (s + 1) * n], boxes[s * n : (s + 1) * n]
-        pooled.append(realism.hf_ratios(f, b, *pool)[region])
+        pooled.append(realism.hf_ratios(f, b, pool_energy)[region])
         geo.append(geometric(f, b, region) / geometric(*pool, region))
       line = [f"N={n:2d} {region:10s} {len(geo):2d} sets"]
       for name, r in (("pooled mean", np.array(pooled)), ("geometric mean", np.array(geo))):

@@ -51,7 +51,9 @@ def test_writes_the_table_and_its_json(workdir, tmp_path):
     assert result["position"][name] == pytest.approx(expected, rel=1e-9), name
 
 
-@pytest.mark.parametrize("case", ["no identities", "existing out", "no checkpoint"])
+@pytest.mark.parametrize(
+    "case", ["no identities", "existing out", "no checkpoint", "renoise range", "renoise heun"]
+)
 def test_bad_input_exits_2_with_one_sentence_and_keeps_files(workdir, tmp_path, case):
   out = tmp_path / "table.json"
   args = ["--workdir", workdir, "--num-identities", "1", "--out", str(out), "--no-progress"]
@@ -60,6 +62,10 @@ def test_bad_input_exits_2_with_one_sentence_and_keeps_files(workdir, tmp_path, 
   elif case == "existing out":
     out.write_text("mine")
     needle = "--overwrite"
+  elif case == "renoise range":
+    args, needle = args + ["--renoise", "1.5"], "--renoise must lie in 0..1, got 1.5."
+  elif case == "renoise heun":
+    args, needle = args + ["--renoise", "1", "--sampler", "heun"], "takes the euler sampler"
   else:
     args[1], needle = str(tmp_path), "config.json"
   proc = run_module(MODULE, *args)

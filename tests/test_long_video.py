@@ -120,6 +120,22 @@ def test_chunked_clip_is_deterministic_and_extension_reproduces_it(gen, refs):
   np.testing.assert_array_equal(naive["frames"][:4], a["frames"][:4])  # same first chunk
 
 
+def test_renoised_chunks_are_deterministic_and_extension_reproduces_them(gen, refs):
+  """sample.renoise in chunked sampling: each step's fresh noise is drawn per
+  frame index, so continuing the first chunk remakes the same clip."""
+  kw = dict(chunk_frames=4, context_frames=2, seed=11, steps=3)
+  a = extend_lib.extend(gen, "a person", refs, 8, renoise=1.0, **kw)
+  cont = extend_lib.extend(gen, "a person", refs, 8, given=a["frames"][:4], renoise=1.0, **kw)
+  np.testing.assert_array_equal(cont["frames"], a["frames"])
+  ode = extend_lib.extend(gen, "a person", refs, 8, **kw)
+  assert not np.array_equal(a["frames"], ode["frames"])  # the fresh noise acts
+  np.testing.assert_array_equal(  # renoise = 0 is the ODE sampler, bit for bit
+      extend_lib.extend(gen, "a person", refs, 8, renoise=0.0, **kw)["frames"], ode["frames"]
+  )
+  with pytest.raises(ValueError, match="euler"):
+    extend_lib.extend(gen, "a person", refs, 8, renoise=0.5, sampler="heun", **kw)
+
+
 def test_context_conditions_the_new_frames(gen, refs):
   """The same window and noise after two different contexts differs."""
   kw = dict(chunk_frames=4, context_frames=2, seed=5)
@@ -211,6 +227,10 @@ def test_a_model_trained_with_clean_context_is_given_it_at_t_0(gen, refs):
       a["frames"], extend_lib.extend(clean, "a person", refs, 6, **kw)["frames"]
   )
   np.testing.assert_array_equal(a["frames"][:2], given)
+  # Renoising leaves the clean context (t = 0) where it is, too.
+  renoised = extend_lib.extend(clean, "a person", refs, 6, renoise=1.0, **kw)
+  np.testing.assert_array_equal(renoised["frames"][:2], given)
+  assert not np.array_equal(renoised["frames"][2:], a["frames"][2:])
   replaced = extend_lib.extend(gen, "a person", refs, 6, **kw)
   assert not np.array_equal(a["frames"][2:], replaced["frames"][2:])
   other = extend_lib.extend(

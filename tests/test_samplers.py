@@ -155,6 +155,19 @@ def test_renoise_step_against_its_formula():
                              atol=1e-6)
 
 
+def test_renoise_step_per_frame_leaves_clean_frames_alone():
+  rng = np.random.default_rng(6)
+  x, fresh, v = (rng.normal(size=(2, 4, 3, 3, 2)).astype(np.float32) for _ in range(3))
+  field = lambda x_, t_: jnp.asarray(v)
+  t = jnp.array([0.0, 0.0, 0.7, 0.7], jnp.float32)       # two clean context frames
+  t_next = jnp.array([0.0, 0.0, 0.4, 0.4], jnp.float32)
+  out = samplers.renoise_step(field, jnp.asarray(x), t, t_next, jnp.asarray(fresh), 1.0)
+  np.testing.assert_array_equal(out[:, :2], x[:, :2])
+  alone = samplers.renoise_step(lambda x_, t_: jnp.asarray(v[:, 2:]), jnp.asarray(x[:, 2:]),
+                                0.7, 0.4, jnp.asarray(fresh[:, 2:]), 1.0)
+  np.testing.assert_allclose(out[:, 2:], alone, rtol=1e-6)
+
+
 def test_renoised_sampling_is_per_example_and_the_same_on_1_and_8_devices(generators):
   one, eight = generators
   prompts, refs, layout = _batch()

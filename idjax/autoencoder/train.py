@@ -360,7 +360,7 @@ def evaluate(autoencoder: FrozenAutoencoder, eval_encoder: FrozenFaceEncoder, co
 
   frame_boxes = einops.rearrange(np.where(valid[:, :, None, None], boxes, 0.0),
                                  "n c t x -> n t c x")   # absent characters: empty boxes
-  hf = realism.hf_ratios(recons, frame_boxes, originals, frame_boxes)
+  hf = realism.hf_ratios(recons, frame_boxes, realism.laplacian_energy(originals, frame_boxes))
 
   report = dict(
       num_clips=int(n), num_frames=int(t), resolution=int(h),

@@ -60,6 +60,9 @@ def parse_args(argv):
                  help="clean context frames per later chunk (default chunk_frames // 4)")
   p.add_argument("--steps", type=int, default=None)
   p.add_argument("--sampler", choices=("euler", "heun"), default=None)
+  p.add_argument("--renoise", type=float, default=None,
+                 help="share of the noise renewed after each Euler step, 0..1 "
+                      "(default: the workdir's sample.renoise)")
   p.add_argument("--identity-strength", type=float, default=None)
   p.add_argument("--strengths", default="", help="comma-separated identity_strength sweep")
   p.add_argument("--reference-counts", default="", help="comma-separated reference counts")
@@ -93,6 +96,8 @@ def parse_args(argv):
     raise configlib.UsageError("--context-frames needs --chunk-frames.")
   if args.steps is not None and args.steps < 1:
     raise configlib.UsageError(f"--steps must be >= 1, got {args.steps}.")
+  if args.renoise is not None and not 0.0 <= args.renoise <= 1.0:
+    raise configlib.UsageError(f"--renoise must lie in 0..1, got {args.renoise}.")
   args.strengths = _floats(args.strengths, "strengths")
   args.reference_counts = [int(v) for v in _floats(args.reference_counts, "reference-counts")]
   for s in args.strengths + ([args.identity_strength] if args.identity_strength is not None else []):
@@ -107,6 +112,8 @@ def build_variants(args, num_references):
     common["steps"] = args.steps
   if args.sampler is not None:
     common["sampler"] = args.sampler
+  if args.renoise is not None:
+    common["renoise"] = args.renoise
   if args.identity_strength is not None:
     common["identity_strength"] = args.identity_strength
   variants = {"generated (refs+text)": dict(common),
@@ -190,6 +197,9 @@ def main(argv=None):
     else:
       eval_dir = args.eval_encoder or eval_dir
       eval_encoder = FrozenFaceEncoder.from_workdir(eval_dir)
+    d = generator.config.sample
+    generator.check_renoise(d.renoise if args.renoise is None else args.renoise,
+                            args.sampler or d.sampler)
   except (ValueError, FileNotFoundError) as e:
     raise configlib.UsageError(str(e)) from None
   memory.check_fits(generator.config, args.frames or int(generator.config.sample.num_frames),

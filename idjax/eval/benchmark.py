@@ -27,12 +27,15 @@ as many frames):
                       layout with); the real row's value is the floor and
                       each row also gives FD / floor. All sets hold N x T.
   hf_*                high-frequency energy over that of a pool of
-                      max(64, N) real clips of the same identities, for the
-                      whole frame, the background outside the boxes and the
-                      face box. The real row shows the spread at N clips:
-                      real backgrounds differ a lot (a backdrop disc's edge
-                      in view or not), so at N = 8 even real renders land
-                      in 0.7-1.4 for the background only about 2 times in 3.
+                      4096 real frames (whole clips, at least N) of the same
+                      identities, for the whole frame, the background
+                      outside the boxes, the backdrop (the background beyond
+                      H/16 px of every box: not the hair and shoulders
+                      around the face) and the face box. The real row shows
+                      the spread at N clips: real backgrounds differ a lot
+                      (a backdrop disc's edge in view or not), so at N = 8
+                      even real renders land in 0.7-1.4 for the background
+                      only about 2 times in 3 (at N = 32, 9 in 10).
   attributes          accuracy of the attribute probe (trained on real
                       crops of training identities) per attribute and mean,
                       against chance (the majority class among the N).
@@ -90,7 +93,10 @@ def _average(rows):
 
 
 REAL_ROW = "real (other renders)"
-HF_POOL = 64     # real clips in the denominator of the energy ratios (at least N)
+# Real frames in the denominator of the energy ratios (whole clips, at least
+# N): one clip's background energy varies 10-fold, so a pool of 64 clips of
+# 8 frames still put real renders anywhere in 0.7-1.15 of the mean of 1024.
+HF_POOL_FRAMES = 4096
 # The resolution of the second FaceSim column: the demo's clips before 64 px.
 COMPARE_RESOLUTION = 32
 # Main-variant criteria of issue 10 ("done when"), checked by `done_when`.
@@ -234,21 +240,27 @@ def _real_sets(cfg, seed, ids, first_index):
     reference  [N clips] what every FD is measured against. Generated clips
                share the ceiling clips' layout, so measuring them against
                those would favour them; no set shares this one's;
-    pool       [max(HF_POOL, N) clips] the denominator of the energy ratios:
-               the background energy of one clip varies 100-fold (a backdrop
-               disc's edge in view or not), so N clips against N clips would
-               be mostly noise.
-  Each is (frames uint8 [n, T, H, W, 3], boxes [n, T, 4]).
+    pool       the denominator of the energy ratios: `realism.pooled_energy`
+               of max(N, HF_POOL_FRAMES / T) clips (`hf_pool_clips`), rendered
+               one at a time; the background energy of one clip varies 10-fold
+               (a backdrop disc's edge in view or not), so N clips against N
+               clips would be mostly noise.
+  other and reference are (frames uint8 [n, T, H, W, 3], boxes [n, T, 4]).
   """
   n = len(ids)
 
-  def renders(first, count):
-    rendered = [world.render_clip(cfg, seed, first + i, split="heldout",
-                                  identity_ids=[ids[i % n]]) for i in range(count)]
-    return np.stack([c["frames"] for c in rendered]), np.stack([c["boxes"][0] for c in rendered])
+  def render(index):
+    clip = world.render_clip(cfg, seed, first_index + index, split="heldout",
+                             identity_ids=[ids[index % n]])
+    return clip["frames"], clip["boxes"][0]
 
-  return (renders(first_index, n), renders(first_index + n, n),
-          renders(first_index + 2 * n, max(HF_POOL, n)))
+  def renders(first):
+    frames, boxes = zip(*[render(first + i) for i in range(n)])
+    return np.stack(frames), np.stack(boxes)
+
+  clips = max(n, -(-HF_POOL_FRAMES // cfg.num_frames))
+  pool = realism.pooled_energy((f, b[:, None, :]) for f, b in map(render, range(2 * n, 2 * n + clips)))
+  return renders(0), renders(n), (pool, clips)
 
 
 def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> dict:
@@ -257,14 +269,14 @@ def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> 
   Args:
     scorer: FaceScorer of the evaluation encoder.
     probe: attribute Probe or None.
-    other, reference, pool: real sets (see `_real_sets`).
+    other, reference: real sets, pool: (pooled energy, clips) (see `_real_sets`).
     generated: variant name -> (frames [N, T, H, W, 3], boxes [N, T, 4]).
     identity_ids: [N] who is in clip i.
 
   Returns:
     dict(features, samples, hf_pool_clips, floor: {fd_face, fd_frame},
     rows: {name: {fd_face, fd_face_ratio, fd_frame, fd_frame_ratio, hf_frame,
-    hf_background, hf_face, attributes: {attribute: accuracy, mean} or
+    hf_background, hf_backdrop, hf_face, attributes: {attribute: accuracy, mean} or
     None}}, chance: {attribute: majority-class accuracy, mean} or None, probe:
     probe facts or None). FD values are None when N x T < 2.
   """
@@ -291,14 +303,14 @@ def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> 
     floor = rows[REAL_ROW] if rows else row
     for key in ("fd_face", "fd_frame"):
       row[key + "_ratio"] = row[key] / floor[key] if row[key] is not None and floor[key] else None
-    hf = realism.hf_ratios(frames, boxes[..., None, :], pool[0], pool[1][..., None, :])
+    hf = realism.hf_ratios(frames, boxes[..., None, :], pool[0])
     row.update({f"hf_{k}": v for k, v in hf.items()})
     row["attributes"] = (probe_lib.accuracy(probe.predict_frames(*flat(frames, boxes)), labels)
                          if probe is not None else None)
     rows[name] = row
   return dict(
       features=f"evaluation-encoder embeddings ({scorer.encoder.embed_dim}-d unit vectors)",
-      samples=int(len(ref_face)), hf_pool_clips=int(len(pool[0])), rows=rows,
+      samples=int(len(ref_face)), hf_pool_clips=int(pool[1]), rows=rows,
       floor={k: rows[REAL_ROW][k] for k in ("fd_face", "fd_frame")},
       chance=probe_lib.chance(labels) if probe is not None else None,
       probe=None if probe is None else dict(crop_size=probe.crop_size, report=probe.report))
@@ -329,8 +341,10 @@ def done_when(result) -> list:
   bg, face = row["hf_background"], row["hf_face"]
   check(f"HF energy ratio background and face in {lo}-{hi}",
         lo <= bg <= hi and lo <= face <= hi,
-        f"background {bg:.2f}, face {face:.2f} (whole frame {row['hf_frame']:.2f}; real renders "
-        f"at this N: background {real['hf_background']:.2f}, face {real['hf_face']:.2f})")
+        f"background {bg:.2f}, face {face:.2f} (whole frame {row['hf_frame']:.2f}, backdrop "
+        f"{row['hf_backdrop']:.2f}; real renders at this N: background "
+        f"{real['hf_background']:.2f}, face {real['hf_face']:.2f}, backdrop "
+        f"{real['hf_backdrop']:.2f})")
 
   share = ATTRIBUTE_SHARE
   if row["attributes"] is None:
@@ -391,17 +405,17 @@ def format_realism(r) -> str:
   lines = [f"realism ({r['samples']} frames per set; FD to other real renders, in "
            f"{r['features']};",
            f"  HF = mean squared Laplacian / that of {r['hf_pool_clips']} real clips)"]
-  heads = ("FD face", "x floor", "FD frame", "x floor", "HF frame", "HF background", "HF face",
-           "attributes")
+  heads = ("FD face", "x floor", "FD frame", "x floor", "HF frame", "HF background",
+           "HF backdrop", "HF face", "attributes")
   lines.append(f"{'':32s}" + "".join(f"{h:>14s}" for h in heads))
   for name, row in r["rows"].items():
     attrs = row["attributes"]["mean"] if row["attributes"] else None
     values = (row["fd_face"], row["fd_face_ratio"], row["fd_frame"], row["fd_frame_ratio"],
-              row["hf_frame"], row["hf_background"], row["hf_face"], attrs)
+              row["hf_frame"], row["hf_background"], row["hf_backdrop"], row["hf_face"], attrs)
     lines.append(f"{name:32s}" + "".join(_fmt(v, "14.3f") for v in values))
   if r["chance"] is not None:
     chance = f"{'chance (majority class)':32s}"
-    lines.append(chance + " " * 14 * 7 + f"{r['chance']['mean']:14.3f}")
+    lines.append(chance + " " * 14 * (len(heads) - 1) + f"{r['chance']['mean']:14.3f}")
     lines += ["", f"attribute accuracy (probe on {r['probe']['crop_size']} px face crops; "
                   f"mean over {', '.join(probe_lib.MEAN_ATTRIBUTES)})"]
     names = (*probe_lib.ATTRIBUTES, "mean")

@@ -395,6 +395,7 @@ def _extend(generator, request, references) -> dict:
       identity_guidance=args.identity_guidance,
       steps=args.steps,
       sampler=args.sampler,
+      renoise=args.renoise,
       progress=not args.no_progress,
   )
   metadata = dict(

@@ -97,6 +97,7 @@ def extend(
     steps=None,
     sampler=None,
     shift=None,
+    renoise=None,
     progress: bool = False,
 ) -> dict:
   """One clip of `num_frames` frames, chunk by chunk, after the `given` frames.
@@ -136,6 +137,7 @@ def extend(
   s_id = float(d.identity_guidance if identity_guidance is None else identity_guidance)
   strength = float(d.identity_strength if identity_strength is None else identity_strength)
   shift = float(d.shift if shift is None else shift)
+  eta = float(d.renoise if renoise is None else renoise)
   references = [list(c) for c in references]
   res = g.resolution
   given = np.zeros((0, res, res, 3), np.uint8) if given is None else np.asarray(given)
@@ -162,13 +164,14 @@ def extend(
       steps,
       sampler,
   )
+  g.check_renoise(eta, sampler)
 
   padded = num_frames + chunk
   boxes = None
   if layout is not None:
     boxes = _boxes_for(layout, len(references), g.max_characters, num_frames, padded)
   passes = 1 if (s_text == 1.0 and s_id == 1.0) else (2 if s_text == 1.0 else 3)
-  step_fn = g._step_fn(sampler, passes)
+  step_fn = g._step_fn(sampler, passes, renoise=eta > 0)
   grid = samplers.timesteps(steps, shift)
   side, rows = g.model_side, g.chunk
   noise_fn = _frame_noise_fn((side, side, g.channels))
@@ -189,7 +192,7 @@ def extend(
   starts = []
   timings = dict(chunks=0, sampling_s=0.0)
   start_time = time.perf_counter()
-  s_text_a, s_id_a = put(jnp.float32(s_text)), put(jnp.float32(s_id))
+  s_text_a, s_id_a, eta_a = (put(jnp.float32(v)) for v in (s_text, s_id, eta))
   while made < num_frames:
     ctx_len = min(m, made)
     if clean_context:  # whole temporal patches, which take one t
@@ -201,7 +204,8 @@ def extend(
     host = g._host_batch([prompt], [references], chunk, strengths, [seed], window)
     identity = g._identity_inputs(host, slice(0, rows))
     noise = np.zeros((rows, chunk, side, side, g.channels), np.float32)
-    noise[0] = np.asarray(noise_fn(root, jnp.arange(lo, lo + chunk, dtype=jnp.int32)))
+    frame_ids = jnp.arange(lo, lo + chunk, dtype=jnp.int32)
+    noise[0] = np.asarray(noise_fn(root, frame_ids))
     x = jax.device_put(noise, x_sharding)
     text, strength_a = g._put_batch(host.text[:rows]), g._put_batch(host.strength[:rows])
     embeddings = None if host.text_embeddings is None else g._put_batch(host.text_embeddings[:rows])
@@ -222,8 +226,13 @@ def extend(
           t_next = put(np.where(is_new, grid[i + 1], 0.0).astype(np.float32))
         elif ctx is not None:
           x = replace(x, ctx, ctx_noise, t)
+        extra = ()
+        if eta > 0:  # step i + 1's fresh noise, per frame as the starting noise
+          fresh = np.zeros_like(noise)
+          fresh[0] = np.asarray(noise_fn(rng.derive(root, i + 1, "sample/renoise"), frame_ids))
+          extra = (jax.device_put(fresh, x_sharding), eta_a)
         x = step_fn(
-            g.params, x, t, t_next, text, identity, strength_a, s_text_a, s_id_a, embeddings
+            g.params, x, t, t_next, text, identity, strength_a, s_text_a, s_id_a, embeddings, *extra
         )
       if ctx is not None:
         x = replace(x, ctx, ctx_noise, put(np.float32(0.0)))

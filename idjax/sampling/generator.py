@@ -439,6 +439,13 @@ class Generator:
       out[i] = np.asarray(noise_fn(rng.derive(int(seed), step, purpose)))
     return out
 
+  @staticmethod
+  def check_renoise(eta: float, sampler: str):
+    if not 0.0 <= eta <= 1.0:
+      raise ValueError(f"renoise must lie in [0, 1], got {eta}.")
+    if eta > 0 and sampler != "euler":
+      raise ValueError(f"renoise > 0 takes the euler sampler, not {sampler!r}.")
+
   def _check(self, prompts, references, layout, num_frames, strengths, steps, sampler):
     if not prompts:
       raise ValueError("At least one prompt is needed.")
@@ -529,10 +536,7 @@ class Generator:
     strength = defaults.identity_strength if identity_strength is None else identity_strength
     shift = float(defaults.shift if shift is None else shift)
     eta = float(defaults.renoise if renoise is None else renoise)
-    if not 0.0 <= eta <= 1.0:
-      raise ValueError(f"renoise must lie in [0, 1], got {eta}.")
-    if eta > 0 and sampler != "euler":
-      raise ValueError(f"renoise > 0 takes the euler sampler, not {sampler!r}.")
+    self.check_renoise(eta, sampler)
     prompts = list(prompts)
     b = len(prompts)
     references = [[] for _ in prompts] if references is None else [list(c) for c in references]

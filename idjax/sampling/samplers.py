@@ -64,9 +64,7 @@ def step(velocity_fn, x, t, t_next, method: str = "euler"):
   t and t_next may also be per frame, [T] against x [B, T, ...]: frames
   whose t and t_next are both 0 (clean context) do not move.
   """
-  dt = (t_next - t).astype(x.dtype)
-  if dt.ndim == 1:
-    dt = dt.reshape((1, -1) + (1,) * (x.ndim - 2))
+  dt = _per_frame(t_next - t, x)
   v = velocity_fn(x, t)
   if method == "euler":
     return x + dt * v
@@ -88,13 +86,21 @@ def renoise_step(velocity_fn, x, t, t_next, fresh, eta):
   eta = 0 is the Euler step (up to rounding); eta = 1 rebuilds every state
   from the clean estimate and new noise, so the starting noise is not
   carried into the picture (the demo's blotched background, issue 10).
-  The last step (t_next = 0) lands on x0. Scalars t, t_next and eta.
+  The last step (t_next = 0) lands on x0. Scalar eta; t and t_next scalars
+  or per frame as in `step` (frames at t = t_next = 0 do not move).
   """
   v = velocity_fn(x, t)
-  clean = x - t * v
-  implied = x + (1.0 - t) * v
+  tx, tx_next = (_per_frame(a, x) for a in (t, t_next))
+  clean = x - tx * v
+  implied = x + (1.0 - tx) * v
   noise = jnp.sqrt(1.0 - eta * eta) * implied + eta * fresh
-  return (1.0 - t_next) * clean + t_next * noise
+  return (1.0 - tx_next) * clean + tx_next * noise
+
+
+def _per_frame(t, x):
+  """A scalar time, or per-frame times [T] shaped to broadcast against x [B, T, ...]."""
+  t = jnp.asarray(t, x.dtype)
+  return t.reshape((1, -1) + (1,) * (x.ndim - 2)) if t.ndim == 1 else t
 
 
 def sample(velocity_fn, x_T, grid, method: str = "euler"):
