@@ -39,13 +39,15 @@ def main(argv=None):
       default=None,
       help="comma-separated scales: one row per scale per workdir (default: each config's)",
   )
+  p.add_argument(
+      "--renoise",
+      default=None,
+      help="comma-separated sample.renoise values: one row per value (default: each config's)",
+  )
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
-  scales = (
-      [None]
-      if args.identity_guidance is None
-      else [float(s) for s in args.identity_guidance.split(",")]
-  )
+  floats = lambda text: [None] if text is None else [float(s) for s in text.split(",")]
+  scales, renoises = floats(args.identity_guidance), floats(args.renoise)
 
   gens = [Generator.from_workdir(w) for w in args.workdir]
   side = max(g.resolution for g in gens)
@@ -63,7 +65,7 @@ def main(argv=None):
     refs = clip["references"][0]
     rows.append(np.concatenate([_upscale(refs[:1], side)[0]] + list(clip["frames"]), axis=1))
     for g in gens:
-      for scale in scales:
+      for scale, renoise in [(s, r) for s in scales for r in renoises]:
         out = g.generate(
             [clip["prompt"]],
             [[list(refs)]],
@@ -71,6 +73,7 @@ def main(argv=None):
             seed=0,
             layout=[[clip["boxes"][0]]],
             identity_guidance=scale,
+            renoise=renoise,
             progress=False,
         )
         frames = _upscale(out["frames"][0], side)
@@ -87,6 +90,7 @@ def main(argv=None):
           if args.identity_guidance is None
           else f" at identity guidance {args.identity_guidance}"
       )
+      + ("" if args.renoise is None else f" at renoise {args.renoise}")
   )
 
 
