@@ -29,8 +29,12 @@ def shipped_autoencoder():
   config = configlib.load_config_file("configs/autoencoder.py")
   module = autoencoder_from_config(config.model)
   c = module.latent_channels
-  return FrozenAutoencoder(config, random_params(abstract_params(module), 5),
-                           np.full(c, 0.1, np.float32), np.full(c, 2.0, np.float32))
+  return FrozenAutoencoder(
+      config,
+      random_params(abstract_params(module), 5),
+      np.full(c, 0.1, np.float32),
+      np.full(c, 2.0, np.float32),
+  )
 
 
 # Two causal temporal convs of kernel 3 in the decoder's last level: a frame
@@ -64,8 +68,9 @@ def test_decode_more_chunks_equal_the_whole_clip_decode_bit_for_bit(autoencoder)
   n = 3
   padded = np.concatenate([np.repeat(z[:, :1], context, 1), z, np.repeat(z[:, -1:], 2, 1)], 1)
   more = jax.jit(ae.decode_more)
-  chunks = [np.asarray(more(ae.params, padded[:, lo:lo + context + n])[0])
-            for lo in range(0, 7, n)]
+  chunks = [
+      np.asarray(more(ae.params, padded[:, lo : lo + context + n])[0]) for lo in range(0, 7, n)
+  ]
   for chunk in chunks:
     chex.assert_shape(chunk, (1, n, side, side, 3))
   np.testing.assert_array_equal(np.concatenate(chunks, 1)[:, :7], whole)
@@ -82,8 +87,9 @@ def latent_gen():
   fe = tiny_face_encoder()
   grid = cfg.copy_and_resolve_references()
   grid.data.resolution = 4  # params are shaped by the latent grid
-  return Generator(cfg, tiny_params(grid, fe), fe, mesh=one_device_mesh(), autoencoder=ae,
-                   decode_frames=3)
+  return Generator(
+      cfg, tiny_params(grid, fe), fe, mesh=one_device_mesh(), autoencoder=ae, decode_frames=3
+  )
 
 
 def _one_shot(gen):
@@ -107,21 +113,36 @@ def test_generated_clip_through_chunks_equals_one_shot_decode(latent_gen, monkey
   refs = [[random_refs(np.random.default_rng(0), 1)]] * 2
   kw = dict(num_frames=7, seed=2, layout=[[[0.1, 0.1, 0.6, 0.6]]] * 2, progress=False)
   streamed = []
-  out = latent_gen.generate(["a person", "another"], refs,
-                            on_frames=lambda i, f: streamed.append((i, f)), **kw)
+  out = latent_gen.generate(
+      ["a person", "another"], refs, on_frames=lambda i, f: streamed.append((i, f)), **kw
+  )
   chex.assert_shape(out["frames"], (2, 7, 16, 16, 3))
   # One sample per call (per_device_batch 1): sample 0's chunks, then sample 1's.
   assert [(i, f.shape[:2]) for i, f in streamed] == [
-      (0, (1, 3)), (0, (1, 3)), (0, (1, 1)), (1, (1, 3)), (1, (1, 3)), (1, (1, 1))]
+      (0, (1, 3)),
+      (0, (1, 3)),
+      (0, (1, 1)),
+      (1, (1, 3)),
+      (1, (1, 3)),
+      (1, (1, 1)),
+  ]
   for i in range(2):
     np.testing.assert_array_equal(
-        np.concatenate([f for j, f in streamed if j == i], 1)[0], out["frames"][i])
+        np.concatenate([f for j, f in streamed if j == i], 1)[0], out["frames"][i]
+    )
   monkeypatch.setattr(latent_gen, "_to_frames", _one_shot(latent_gen))
-  np.testing.assert_array_equal(latent_gen.generate(["a person", "another"], refs, **kw)["frames"],
-                                out["frames"])
+  np.testing.assert_array_equal(
+      latent_gen.generate(["a person", "another"], refs, **kw)["frames"], out["frames"]
+  )
 
 
 def test_decode_frames_must_be_positive(latent_gen):
   with pytest.raises(ValueError, match="decode_frames must be >= 1"):
-    Generator(latent_gen.config, latent_gen.params, latent_gen.face_encoder,
-              mesh=latent_gen.mesh, autoencoder=latent_gen.autoencoder, decode_frames=0)
+    Generator(
+        latent_gen.config,
+        latent_gen.params,
+        latent_gen.face_encoder,
+        mesh=latent_gen.mesh,
+        autoencoder=latent_gen.autoencoder,
+        decode_frames=0,
+    )

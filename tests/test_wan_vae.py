@@ -167,7 +167,7 @@ def test_decode_more_streams_the_clip_over_calls_as_decode(vae):
   parts = [np.asarray(first)]
   padded = np.concatenate([latents, latents[:, -1:]], 1)
   for lo in range(1, 9, 3):
-    frames, cache = more(vae.params, padded[:, lo:lo + 3], cache)
+    frames, cache = more(vae.params, padded[:, lo : lo + 3], cache)
     chex.assert_shape(frames, (1, 12, 16, 24, 3))
     parts.append(np.asarray(frames))
   streamed = np.concatenate(parts, 1)[:, :33]
