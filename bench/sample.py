@@ -87,6 +87,7 @@ def main(argv=None):
   p.add_argument("--frames", type=int, default=None)
   p.add_argument("--sampler", choices=("euler", "heun"), default="euler")
   p.add_argument("--identity-guidance", type=float, default=1.0)
+  p.add_argument("--renoise", type=float, default=None, help="default: the config's")
   p.add_argument("--out", default="bench/results/sample.json")
   args, rest = p.parse_known_args(sys.argv[1:] if argv is None else argv)
   if (args.workdir is None) == (args.config is None):
@@ -108,7 +109,7 @@ def main(argv=None):
   refs = [[[rng.integers(0, 256, (r, r, 3), dtype=np.uint8)] * gen.num_references]
           for _ in range(args.batch)]
   kw = dict(num_frames=args.frames, steps=args.steps, sampler=args.sampler,
-            identity_guidance=args.identity_guidance, progress=False)
+            identity_guidance=args.identity_guidance, renoise=args.renoise, progress=False)
   first_call = record_first_step_call(gen)
   out = gen.generate(["a person"] * args.batch, refs, **kw)
   step, step_args = first_call
@@ -120,6 +121,7 @@ def main(argv=None):
       device=str(jax.devices()[0].device_kind), num_devices=jax.device_count(),
       batch=args.batch, frames=frames, resolution=int(out["frames"].shape[2]),
       steps=args.steps, sampler=args.sampler, passes=t["model_passes_per_evaluation"],
+      renoise=float(gen.config.sample.renoise if args.renoise is None else args.renoise),
       per_device_batch=gen.per_device_batch, first_step_s=t["first_step_s"],
       seconds_per_step=steady, total_s=t["sampling_s"],
       clips_per_s=args.batch / (steady * args.steps) if steady > 0 else None,
