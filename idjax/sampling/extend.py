@@ -49,6 +49,7 @@ from idjax import diffusion
 from idjax import layout as layout_lib
 from idjax import rng
 from idjax import sharding
+from idjax.sampling import memory
 from idjax.sampling import samplers
 
 
@@ -170,7 +171,7 @@ def extend(
   boxes = None
   if layout is not None:
     boxes = _boxes_for(layout, len(references), g.max_characters, num_frames, padded)
-  passes = 1 if (s_text == 1.0 and s_id == 1.0) else (2 if s_text == 1.0 else 3)
+  passes = memory.guidance_passes(s_text, s_id)
   step_fn = g._step_fn(sampler, passes, renoise=eta > 0)
   grid = samplers.timesteps(steps, shift)
   side, rows = g.model_side, g.chunk

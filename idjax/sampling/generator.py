@@ -72,6 +72,7 @@ from idjax.data import prompts as prompts_lib
 from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.models.wan.identity_dit import dummy_text_embeddings
+from idjax.sampling import memory
 from idjax.sampling import samplers
 
 # Latent frames per decoder call: the decoder's activations are this many
@@ -556,7 +557,7 @@ class Generator:
     host = self._host_batch(prompts, references, num_frames, strengths, seeds, boxes)
     timings["prepare_s"] = time.perf_counter() - start
 
-    passes = 1 if (s_text == 1.0 and s_id == 1.0) else (2 if s_text == 1.0 else 3)
+    passes = memory.guidance_passes(s_text, s_id)
     step_fn = self._step_fn(sampler, passes, renoise=eta > 0)
     grid = samplers.timesteps(steps, shift)
     g = self.chunk

@@ -26,7 +26,7 @@ _F32 = 4
 
 
 def guidance_passes(text_guidance: float, identity_guidance: float) -> int:
-  """Model evaluations per step (as the Generator runs them)."""
+  """Model evaluations per step: what the Generator and chunked extension run."""
   if text_guidance == 1.0 and identity_guidance == 1.0:
     return 1
   return 2 if text_guidance == 1.0 else 3
