@@ -2,12 +2,14 @@
 timed alternately in one run, so both see the same load on a shared machine.
 
   python bench/peer_compare.py [--rounds 6] [--tree before=/tmp/idjax_main] \
+      [--xla-flags noynn=--xla_cpu_experimental_ynn_fusion_type=] \
       [--peer-python /work/torch-venv/bin/python] [--out bench/results/peer_compare.json]
   python bench/peer_compare.py --measure config --config configs/tiny_latent.py \
       --tree before=/tmp/idjax_main --out bench/results/tiny_latent_compare.json
 
 Starts `bench/train_step.py --measure peer-shape --serve` (this tree, and any
---tree NAME=PATH, e.g. an older checkout for a before/after) and
+--tree NAME=PATH, e.g. an older checkout for a before/after; and this tree
+again under each --xla-flags NAME=FLAGS, which replaces XLA_FLAGS) and
 `bench/peer_latte.py --serve` (in the peer's own virtual environment: torch
 and diffusers are not project dependencies), waits until each has compiled
 and warmed up, then asks each in turn, round after round (the order rotates),
@@ -69,13 +71,23 @@ def main(argv):
       default=[],
       help="NAME=PATH: also time the idjax of another checkout",
   )
+  p.add_argument(
+      "--xla-flags",
+      action="append",
+      default=[],
+      help="NAME=FLAGS: also time this tree's idjax under XLA_FLAGS=FLAGS",
+  )
   p.add_argument("--peer-python", default="/work/torch-venv/bin/python")
   p.add_argument("--out", default="bench/results/peer_compare.json")
   args = p.parse_args(argv)
   servers = []
-  for name, tree in [("idjax", ROOT)] + [t.split("=", 1) for t in args.tree]:
+  programs = [("idjax", ROOT, None)] + [(*t.split("=", 1), None) for t in args.tree]
+  programs += [(name, ROOT, flags) for name, flags in (f.split("=", 1) for f in args.xla_flags)]
+  for name, tree, flags in programs:
     tree = os.path.abspath(tree)
     env = dict(os.environ, PYTHONPATH=tree)
+    if flags is not None:
+      env["XLA_FLAGS"] = flags
     servers.append(
         Server(
             name,
