@@ -56,6 +56,10 @@ def get_config():
   # The first reference drawn in each face box, as input channels beside the
   # clip (conditioning.reference_canvas).
   config.model.reference_canvas = False
+  # The face masks the model reads (identity routing, the layout channels,
+  # the canvas, identity guidance) are the ellipses of the face boxes shrunk
+  # by this factor about their centres; 1 = the box's inscribed ellipse.
+  config.model.face_mask_scale = 1.0
   # Width 96 / MLP ratio 2: ~1.5M params, ~0.73 GFLOPs forward per 8x32x32
   # clip, so the CPU demo trains in about ten minutes.
   config.model.width = 96

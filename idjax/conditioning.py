@@ -13,6 +13,17 @@ from idjax import diffusion, layout
 from idjax.face.crop import crop_and_resize
 
 
+def shrink_boxes(boxes, scale: float):
+  """Boxes [..., 4] (y0, x0, y1, x1) scaled by `scale` about their centres
+  (all-zero boxes stay all zero); scale 1 returns them bit for bit."""
+  boxes = jnp.asarray(boxes, jnp.float32)
+  if scale == 1.0:
+    return boxes
+  centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+  half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
+  return jnp.concatenate([centre - half, centre + half], axis=-1)
+
+
 def encode_references(encoder, encoder_params, references):
   """uint8 [B, C, K, R, R, 3] -> (emb [B, C, K, D], fmap [B, C, K, N, F]).
 
@@ -31,7 +42,9 @@ def encode_references(encoder, encoder_params, references):
   return jax.lax.stop_gradient(emb), jax.lax.stop_gradient(fmap)
 
 
-def reference_canvas(references, ref_valid, char_valid, boxes, height: int, width: int):
+def reference_canvas(
+    references, ref_valid, char_valid, boxes, height: int, width: int, mask_scale: float = 1.0
+):
   """Each character's reference drawn where its face goes: float [B, T, H, W, 3].
 
   A character's first valid reference portrait (framed like a face box: the
@@ -52,6 +65,9 @@ def reference_canvas(references, ref_valid, char_valid, boxes, height: int, widt
     char_valid: bool [B, C].
     boxes: float [B, C, T, 4] (y0, x0, y1, x1) fractions of the frame.
     height, width: the frame's pixel grid.
+    mask_scale: the portrait is placed in the whole box but drawn only inside
+      the ellipse of the box shrunk by this factor: the model's face masks
+      (model.face_mask_scale).
   """
   b, c, k, r = references.shape[:4]
   first = jnp.argmax(ref_valid, axis=-1)  # [B, C]
@@ -67,7 +83,7 @@ def reference_canvas(references, ref_valid, char_valid, boxes, height: int, widt
 
   place_frames = jax.vmap(place, in_axes=(None, 0, 0))  # over T
   placed = jax.vmap(jax.vmap(place_frames))(portrait, scale, shift)  # [B, C, T, H, W, 3]
-  masks = layout.face_masks(boxes, height, width, xp=jnp)  # [B, C, T, H, W]
+  masks = layout.face_masks(shrink_boxes(boxes, mask_scale), height, width, xp=jnp)
   masks = masks * char_valid[:, :, None, None, None].astype(jnp.float32)
   canvas = jnp.zeros(placed.shape[:1] + placed.shape[2:], jnp.float32)
   for ch in range(c):  # back to front

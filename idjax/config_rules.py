@@ -143,6 +143,7 @@ VIDEO = COMMON + (
     ("model.patch_size", integers(3)),
     ("model.prediction", one_of("clean", "velocity")),
     ("model.reference_canvas", boolean()),
+    ("model.face_mask_scale", number(0.0, 1.0, lo_open=True)),
     ("model.width", integer(1)),
     ("model.depth", integer(1)),
     ("model.num_heads", integer(1)),
@@ -295,6 +296,7 @@ ABSENT_AS = {
     "model.space": "pixel",          # before latent-space models
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas
+    "model.face_mask_scale": 1.0,    # before shrunk face masks (the box's ellipse)
     "sample.shift": 1.0,             # before the timestep-grid shift
     "sample.renoise": 0.0,           # before the renoising sampler
     "sample.per_device_batch": 1,    # before batched sampling

@@ -67,7 +67,7 @@ from idjax import restore
 from idjax import rng
 from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
-from idjax.conditioning import encode_references, reference_canvas
+from idjax.conditioning import encode_references, reference_canvas, shrink_boxes
 from idjax.data import prompts as prompts_lib
 from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
@@ -197,6 +197,7 @@ class Generator:
     self.decode_frames = decode_frames
     self.chunk = per_device_batch * sharding.batch_axis_size(self.mesh, self.rules)
     self.resolution = int(config.data.resolution)
+    self.mask_scale = float(config.model.get("face_mask_scale", 1.0))
     self.reference_resolution = int(config.data.reference_resolution)
     self.num_references = int(config.data.num_references)
     self.max_characters = int(config.model.max_characters)
@@ -291,7 +292,7 @@ class Generator:
       res, ae = self.resolution, self.autoencoder
 
       def canvas(ae_params, refs, ref_valid, char_valid, boxes):
-        x = reference_canvas(refs, ref_valid, char_valid, boxes, res, res)
+        x = reference_canvas(refs, ref_valid, char_valid, boxes, res, res, self.mask_scale)
         return x if ae is None else ae.encode(ae_params, x)
 
       self._canvas = jax.jit(canvas)
@@ -421,7 +422,8 @@ class Generator:
     # which is what the trainer's mask dropout taught the model to handle.
     masks = np.ones((n, c, frames, side, side), np.float32)
     if boxes is not None:
-      masks[:b] = layout_lib.latent_face_masks(boxes, side, side, self.temporal_factor)
+      masks[:b] = layout_lib.latent_face_masks(
+          np.asarray(shrink_boxes(boxes, self.mask_scale)), side, side, self.temporal_factor)
     padded_boxes = None
     if boxes is not None:
       padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from idjax import diffusion, layout, losses
-from idjax.conditioning import encode_references, reference_canvas
+from idjax.conditioning import encode_references, reference_canvas, shrink_boxes
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
 from idjax.train.state import (TrainState, apply_gradients, make_optimizer, merge, partition,
@@ -86,6 +86,9 @@ def make_train_step(config, model, encoder, autoencoder=None):
   # Configs saved before the key existed trained everything (config_rules.ABSENT_AS).
   trainable = trainable_filter(tc.get("trainable", "all"), model)
   temporal_factor = 1 if autoencoder is None else autoencoder.temporal_factor
+  # The model's face masks come from the boxes shrunk by this factor; the
+  # identity loss crops the faces by the boxes themselves.
+  mask_scale = float(config.model.get("face_mask_scale", 1.0))
 
   def split(params):
     """(the params that are differentiated, the fixed rest or None)."""
@@ -109,10 +112,12 @@ def make_train_step(config, model, encoder, autoencoder=None):
       # references in, as when sampling without boxes.
       canvas = to_model(reference_canvas(
           batch["references"], batch["reference_valid"],
-          char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width))
+          char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width,
+          mask_scale))
     # Masks from the boxes, exactly as sampling builds them from a layout.
     height, width = x0.shape[2:4]
-    masks = layout.latent_face_masks(batch["boxes"], height, width, temporal_factor, xp=jnp)
+    masks = layout.latent_face_masks(shrink_boxes(batch["boxes"], mask_scale), height, width,
+                                     temporal_factor, xp=jnp)
     # Mask dropout: all-ones masks teach the model to place the face itself,
     # as it must when sampling without a layout.
     masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)
