@@ -197,7 +197,7 @@ class Generator:
     self.decode_frames = decode_frames
     self.chunk = per_device_batch * sharding.batch_axis_size(self.mesh, self.rules)
     self.resolution = int(config.data.resolution)
-    self.mask_scale = float(config.model.get("face_mask_scale", 1.0))
+    self.mask_scale = float(config.model.face_mask_scale)  # present: with_absent_keys
     self.reference_resolution = int(config.data.reference_resolution)
     self.num_references = int(config.data.num_references)
     self.max_characters = int(config.model.max_characters)

@@ -12,7 +12,7 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from idjax import diffusion, layout, losses
+from idjax import config_rules, diffusion, layout, losses
 from idjax.conditioning import encode_references, reference_canvas, shrink_boxes
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
@@ -88,7 +88,8 @@ def make_train_step(config, model, encoder, autoencoder=None):
   temporal_factor = 1 if autoencoder is None else autoencoder.temporal_factor
   # The model's face masks come from the boxes shrunk by this factor; the
   # identity loss crops the faces by the boxes themselves.
-  mask_scale = float(config.model.get("face_mask_scale", 1.0))
+  mask_scale = float(config.model.get("face_mask_scale",
+                                      config_rules.ABSENT_AS["model.face_mask_scale"]))
 
   def split(params):
     """(the params that are differentiated, the fixed rest or None)."""
