@@ -13,15 +13,27 @@ from idjax import diffusion, layout
 from idjax.face.crop import crop_and_resize
 
 
-def shrink_boxes(boxes, scale: float):
+def shrink_boxes(boxes, scale: float, xp=jnp):
   """Boxes [..., 4] (y0, x0, y1, x1) scaled by `scale` about their centres
   (all-zero boxes stay all zero); scale 1 returns them bit for bit."""
-  boxes = jnp.asarray(boxes, jnp.float32)
+  boxes = xp.asarray(boxes, xp.float32)
   if scale == 1.0:
     return boxes
   centre = (boxes[..., :2] + boxes[..., 2:]) / 2
   half = (boxes[..., 2:] - boxes[..., :2]) * (scale / 2)
-  return jnp.concatenate([centre - half, centre + half], axis=-1)
+  return xp.concatenate([centre - half, centre + half], axis=-1)
+
+
+def model_face_masks(
+    boxes, height: int, width: int, temporal_factor: int, mask_scale: float, xp=jnp
+):
+  """The face masks the model reads, at its (latent) grid: those of the boxes
+  shrunk by `mask_scale` (model.face_mask_scale; the identity loss and the
+  eval crop faces by the boxes themselves). Training and sampling both build
+  them here."""
+  return layout.latent_face_masks(
+      shrink_boxes(boxes, mask_scale, xp), height, width, temporal_factor, xp=xp
+  )
 
 
 def encode_references(encoder, encoder_params, references):

@@ -67,7 +67,7 @@ from idjax import restore
 from idjax import rng
 from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
-from idjax.conditioning import encode_references, reference_canvas, shrink_boxes
+from idjax.conditioning import encode_references, model_face_masks, reference_canvas
 from idjax.data import prompts as prompts_lib
 from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
@@ -422,8 +422,8 @@ class Generator:
     # which is what the trainer's mask dropout taught the model to handle.
     masks = np.ones((n, c, frames, side, side), np.float32)
     if boxes is not None:
-      masks[:b] = layout_lib.latent_face_masks(
-          np.asarray(shrink_boxes(boxes, self.mask_scale)), side, side, self.temporal_factor)
+      masks[:b] = model_face_masks(boxes, side, side, self.temporal_factor, self.mask_scale,
+                                   xp=np)
     padded_boxes = None
     if boxes is not None:
       padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)

@@ -12,8 +12,8 @@ import einops
 import jax
 import jax.numpy as jnp
 
-from idjax import config_rules, diffusion, layout, losses
-from idjax.conditioning import encode_references, reference_canvas, shrink_boxes
+from idjax import config_rules, diffusion, losses
+from idjax.conditioning import encode_references, model_face_masks, reference_canvas
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
 from idjax.train.state import (TrainState, apply_gradients, make_optimizer, merge, partition,
@@ -115,10 +115,10 @@ def make_train_step(config, model, encoder, autoencoder=None):
           batch["references"], batch["reference_valid"],
           char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width,
           mask_scale))
-    # Masks from the boxes, exactly as sampling builds them from a layout.
+    # Masks from the boxes, exactly as sampling builds them from a layout
+    # (conditioning.model_face_masks).
     height, width = x0.shape[2:4]
-    masks = layout.latent_face_masks(shrink_boxes(batch["boxes"], mask_scale), height, width,
-                                     temporal_factor, xp=jnp)
+    masks = model_face_masks(batch["boxes"], height, width, temporal_factor, mask_scale)
     # Mask dropout: all-ones masks teach the model to place the face itself,
     # as it must when sampling without a layout.
     masks = jnp.where(r["drop_mask"][:, None, None, None, None], 1.0, masks)
