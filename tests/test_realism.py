@@ -178,6 +178,42 @@ def test_backdrop_is_the_background_beyond_the_margin(real_clip):
   assert ratios["backdrop"] > ratios["background"] > 1.2 and ratios["face"] == 1.0, ratios
 
 
+def test_backdrop_spread_hand_made():
+  # A 16x16 frame, its face box in the top-left quarter: the backdrop is
+  # every pixel beyond 1 px (16 // 16) of it. Left half 0.2, right half 0.6,
+  # in every channel: each backdrop pixel is 0.2 from the frame's mean if
+  # the halves hold equally many backdrop pixels.
+  frame = np.full((1, 16, 16, 3), 0.2)
+  frame[:, :, 8:] = 0.6
+  boxes = np.array([[[0.0, 0.0, 0.25, 0.25]]])            # rows and columns 0..3
+  backdrop = ~realism.box_mask(realism.grow_boxes(boxes, 1, 16, 16), 16, 16)
+  left, right = backdrop[0, :, :8].sum(), backdrop[0, :, 8:].sum()
+  mean = (0.2 * left + 0.6 * right) / (left + right)
+  expected = (left * (0.2 - mean) ** 2 + right * (0.6 - mean) ** 2) / (left + right)
+  spread = realism.laplacian_energy(frame, boxes)[realism.SPREAD]
+  np.testing.assert_allclose(spread, expected, rtol=1e-12)
+  # Each frame against its own mean: two flat frames of different colours
+  # do not vary, however far apart their colours are.
+  flat = np.concatenate([np.full((1, 16, 16, 3), 0.1), np.full((1, 16, 16, 3), 0.9)])
+  assert realism.laplacian_energy(flat, np.repeat(boxes, 2, 0))[realism.SPREAD] < 1e-20
+
+
+def test_backdrop_spread_ratio_flat_and_identical(real_clip):
+  frames, boxes = real_clip
+  real = realism.laplacian_energy(frames, boxes)
+  assert realism.backdrop_spread_ratio(frames, boxes, real) == 1.0
+  # The same frames with the backdrop painted in its mean colour: 0, while
+  # the high-frequency ratios of the face and the frame barely move.
+  h, w = frames.shape[1:3]
+  backdrop = ~realism.box_mask(realism.grow_boxes(boxes, realism.backdrop_margin(h), h, w), h, w)
+  mean = np.stack([f[m].mean(0) for f, m in zip(frames.astype(np.float64), backdrop)])
+  flat = np.where(backdrop[..., None], mean[:, None, None, :], frames / 255.0)
+  assert realism.backdrop_spread_ratio(flat, boxes, real) == pytest.approx(0.0, abs=1e-12)
+  assert realism.hf_ratios(flat, boxes, real)["face"] == pytest.approx(1.0, abs=1e-6)
+  # This clip's backdrop is a gradient (rms 0.03 about its mean), not flat.
+  assert real[realism.SPREAD] > 5e-4
+
+
 def test_grow_boxes_moves_each_edge_by_whole_pixels():
   grown = realism.grow_boxes(np.array([0.25, 0.5, 0.75, 1.0]), 2, 16, 8)
   np.testing.assert_allclose(grown, [0.125, 0.25, 0.875, 1.25])
@@ -191,7 +227,7 @@ def test_pooled_energy_is_the_energy_of_the_clips_together(real_clip):
   shifted = boxes + np.array([0.1, -0.1, 0.1, -0.1])          # another layout
   pooled = realism.pooled_energy([(frames, boxes), (other, shifted)])
   together = realism.laplacian_energy(np.stack([frames, other]), np.stack([boxes, shifted]))
-  for region in realism.REGIONS:
+  for region in (*realism.REGIONS, realism.SPREAD):
     np.testing.assert_allclose(pooled[region], together[region], rtol=1e-12)
   # Not the mean of the two clips' means: the regions differ in size.
   a = realism.laplacian_energy(frames, boxes)["background"]

@@ -36,6 +36,9 @@ as many frames):
                       (a backdrop disc's edge in view or not), so at N = 8
                       even real renders land in 0.7-1.4 for the background
                       only about 2 times in 3 (at N = 32, 9 in 10).
+  backdrop_spread     ("bd spread") how much the backdrop varies inside a
+                      frame, over the same pool's: its gradient and disc
+                      (low frequencies, unseen by hf_*); 0 is a flat field.
   attributes          accuracy of the attribute probe (trained on real
                       crops of training identities) per attribute and mean,
                       against chance (the majority class among the N).
@@ -276,8 +279,8 @@ def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> 
   Returns:
     dict(features, samples, hf_pool_clips, floor: {fd_face, fd_frame},
     rows: {name: {fd_face, fd_face_ratio, fd_frame, fd_frame_ratio, hf_frame,
-    hf_background, hf_backdrop, hf_face, attributes: {attribute: accuracy, mean} or
-    None}}, chance: {attribute: majority-class accuracy, mean} or None, probe:
+    hf_background, hf_backdrop, hf_face, backdrop_spread, attributes: {attribute:
+    accuracy, mean} or None}}, chance: {attribute: majority-class accuracy, mean} or None, probe:
     probe facts or None). FD values are None when N x T < 2.
   """
   def flat(frames, boxes):
@@ -305,6 +308,7 @@ def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> 
       row[key + "_ratio"] = row[key] / floor[key] if row[key] is not None and floor[key] else None
     hf = realism.hf_ratios(frames, boxes[..., None, :], pool[0])
     row.update({f"hf_{k}": v for k, v in hf.items()})
+    row["backdrop_spread"] = realism.backdrop_spread_ratio(frames, boxes[..., None, :], pool[0])
     row["attributes"] = (probe_lib.accuracy(probe.predict_frames(*flat(frames, boxes)), labels)
                          if probe is not None else None)
     rows[name] = row
@@ -342,9 +346,9 @@ def done_when(result) -> list:
   check(f"HF energy ratio background and face in {lo}-{hi}",
         lo <= bg <= hi and lo <= face <= hi,
         f"background {bg:.2f}, face {face:.2f} (whole frame {row['hf_frame']:.2f}, backdrop "
-        f"{row['hf_backdrop']:.2f}; real renders at this N: background "
-        f"{real['hf_background']:.2f}, face {real['hf_face']:.2f}, backdrop "
-        f"{real['hf_backdrop']:.2f})")
+        f"{row['hf_backdrop']:.2f}, backdrop spread {row['backdrop_spread']:.2f}; real renders "
+        f"at this N: background {real['hf_background']:.2f}, face {real['hf_face']:.2f}, "
+        f"backdrop {real['hf_backdrop']:.2f}, backdrop spread {real['backdrop_spread']:.2f})")
 
   share = ATTRIBUTE_SHARE
   if row["attributes"] is None:
@@ -404,14 +408,16 @@ def format_realism(r) -> str:
   """The realism dict of `evaluate` as two tables: distances and texture, attributes."""
   lines = [f"realism ({r['samples']} frames per set; FD to other real renders, in "
            f"{r['features']};",
-           f"  HF = mean squared Laplacian / that of {r['hf_pool_clips']} real clips)"]
+           f"  HF = mean squared Laplacian / that of {r['hf_pool_clips']} real clips; bd spread = "
+           "the backdrop's variance inside a frame / theirs)"]
   heads = ("FD face", "x floor", "FD frame", "x floor", "HF frame", "HF background",
-           "HF backdrop", "HF face", "attributes")
+           "HF backdrop", "HF face", "bd spread", "attributes")
   lines.append(f"{'':32s}" + "".join(f"{h:>14s}" for h in heads))
   for name, row in r["rows"].items():
     attrs = row["attributes"]["mean"] if row["attributes"] else None
     values = (row["fd_face"], row["fd_face_ratio"], row["fd_frame"], row["fd_frame_ratio"],
-              row["hf_frame"], row["hf_background"], row["hf_backdrop"], row["hf_face"], attrs)
+              row["hf_frame"], row["hf_background"], row["hf_backdrop"], row["hf_face"],
+              row["backdrop_spread"], attrs)
     lines.append(f"{name:32s}" + "".join(_fmt(v, "14.3f") for v in values))
   if r["chance"] is not None:
     chance = f"{'chance (majority class)':32s}"
