@@ -179,10 +179,10 @@ def test_backdrop_is_the_background_beyond_the_margin(real_clip):
 
 
 def test_backdrop_spread_hand_made():
-  # A 16x16 frame, its face box in the top-left quarter: the backdrop is
+  # A 16x16 frame, its face box in the top-left corner: the backdrop is
   # every pixel beyond 1 px (16 // 16) of it. Left half 0.2, right half 0.6,
-  # in every channel: each backdrop pixel is 0.2 from the frame's mean if
-  # the halves hold equally many backdrop pixels.
+  # in every channel; the frame's mean backdrop colour weighs the halves by
+  # their backdrop pixels (the grown box takes 25 of the left half's).
   frame = np.full((1, 16, 16, 3), 0.2)
   frame[:, :, 8:] = 0.6
   boxes = np.array([[[0.0, 0.0, 0.25, 0.25]]])            # rows and columns 0..3
@@ -202,8 +202,8 @@ def test_backdrop_spread_ratio_flat_and_identical(real_clip):
   frames, boxes = real_clip
   real = realism.laplacian_energy(frames, boxes)
   assert realism.backdrop_spread_ratio(frames, boxes, real) == 1.0
-  # The same frames with the backdrop painted in its mean colour: 0, while
-  # the high-frequency ratios of the face and the frame barely move.
+  # The same frames with the backdrop painted in its frame's mean colour:
+  # 0, while the face's high-frequency ratio stays 1.
   h, w = frames.shape[1:3]
   backdrop = ~realism.box_mask(realism.grow_boxes(boxes, realism.backdrop_margin(h), h, w), h, w)
   mean = np.stack([f[m].mean(0) for f, m in zip(frames.astype(np.float64), backdrop)])
