@@ -24,9 +24,7 @@ CLIPS = 32
 
 def colour_stats(frames, boxes):
   """frames uint8 [N, T, H, W, 3], boxes [N, T, 4] -> (std over clips, saturation)."""
-  h, w = frames.shape[2:4]
-  grown = realism.grow_boxes(boxes[..., None, :], realism.backdrop_margin(h), h, w)
-  backdrop = ~realism.box_mask(grown, h, w)  # [N, T, H, W]
+  backdrop = realism.backdrop_mask(boxes[..., None, :], *frames.shape[2:4])  # [N, T, H, W]
   x = frames.astype(np.float64) / 255.0
   means = np.stack([clip[mask].mean(axis=0) for clip, mask in zip(x, backdrop)])  # [N, 3]
   return float(means.std(axis=0).mean()), float((means.max(axis=1) - means.min(axis=1)).mean())

@@ -306,9 +306,9 @@ def _realism(scorer, probe, other, reference, pool, generated, identity_ids) -> 
     floor = rows[REAL_ROW] if rows else row
     for key in ("fd_face", "fd_frame"):
       row[key + "_ratio"] = row[key] / floor[key] if row[key] is not None and floor[key] else None
-    hf = realism.hf_ratios(frames, boxes[..., None, :], pool[0])
-    row.update({f"hf_{k}": v for k, v in hf.items()})
-    row["backdrop_spread"] = realism.backdrop_spread_ratio(frames, boxes[..., None, :], pool[0])
+    ratios = realism.energy_ratios(realism.laplacian_energy(frames, boxes[..., None, :]), pool[0])
+    row.update({f"hf_{k}": ratios[k] for k in realism.REGIONS})
+    row["backdrop_spread"] = ratios[realism.SPREAD]
     row["attributes"] = (probe_lib.accuracy(probe.predict_frames(*flat(frames, boxes)), labels)
                          if probe is not None else None)
     rows[name] = row

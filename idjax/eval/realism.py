@@ -136,6 +136,12 @@ def backdrop_margin(height: int) -> int:
   return max(1, height // 16)
 
 
+def backdrop_mask(boxes, height: int, width: int) -> np.ndarray:
+  """bool [..., H, W]: the backdrop, the pixels beyond `backdrop_margin` of every box."""
+  grown = grow_boxes(boxes, backdrop_margin(height), height, width)
+  return ~box_mask(grown, height, width)
+
+
 def grow_boxes(boxes, pixels: int, height: int, width: int) -> np.ndarray:
   """Boxes [..., 4] (y0, x0, y1, x1 frame fractions) grown by `pixels` on every side."""
   pad = np.array([-pixels / height, -pixels / width, pixels / height, pixels / width])
@@ -159,11 +165,11 @@ def energy_totals(frames, boxes) -> dict:
   h, w = frames.shape[-3:-1]
   energy = np.mean(laplacian(frames) ** 2, axis=-1)              # [..., H-2, W-2]
   inner = lambda m: np.broadcast_to(m[..., 1:-1, 1:-1], energy.shape)
-  near = box_mask(grow_boxes(boxes, backdrop_margin(h), h, w), h, w)
+  backdrop = backdrop_mask(boxes, h, w)
   face = inner(box_mask(boxes, h, w))
-  regions = dict(frame=np.ones_like(face), background=~face, backdrop=~inner(near), face=face)
+  regions = dict(frame=np.ones_like(face), background=~face, backdrop=inner(backdrop), face=face)
   totals = {k: np.array([energy[m].sum(), m.sum()], np.float64) for k, m in regions.items()}
-  totals[SPREAD] = _spread_totals(frames, ~near)
+  totals[SPREAD] = _spread_totals(frames, backdrop)
   return totals
 
 
@@ -215,8 +221,8 @@ def hf_ratios(generated, generated_boxes, real_energy) -> dict:
     noise), < 1 smoother than real (missing eyes, mouth, outlines, backdrop
     edges); NaN where the real region has no energy.
   """
-  gen = laplacian_energy(generated, generated_boxes)
-  return {k: gen[k] / real_energy[k] if real_energy[k] > 0 else float("nan") for k in REGIONS}
+  ratios = energy_ratios(laplacian_energy(generated, generated_boxes), real_energy)
+  return {k: ratios[k] for k in REGIONS}
 
 
 def backdrop_spread_ratio(generated, generated_boxes, real_energy) -> float:
@@ -228,8 +234,15 @@ def backdrop_spread_ratio(generated, generated_boxes, real_energy) -> float:
   varied as real backdrops (a gradient, a disc); 0: one flat colour in each
   frame, whatever the colour. NaN where the real backdrop does not vary.
   """
-  real = real_energy[SPREAD]
-  return laplacian_energy(generated, generated_boxes)[SPREAD] / real if real > 0 else float("nan")
+  return energy_ratios(laplacian_energy(generated, generated_boxes), real_energy)[SPREAD]
+
+
+def energy_ratios(generated_energy, real_energy) -> dict:
+  """Every entry of a `laplacian_energy` dict (the regions' HF energy and the
+  backdrop's spread) over the real one's; NaN where the real entry is 0.
+  `hf_ratios` and `backdrop_spread_ratio` from one energy computation."""
+  return {k: generated_energy[k] / real if (real := real_energy[k]) > 0 else float("nan")
+          for k in (*REGIONS, SPREAD)}
 
 
 def block_mean(frames, patch: int) -> np.ndarray:
