@@ -32,7 +32,6 @@ import numpy as np
 from PIL import Image
 
 from idjax import diffusion
-from idjax.data import world
 from idjax.eval import benchmark
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.sampling import samplers
@@ -43,9 +42,9 @@ STARTS = (1.0, 0.8, 0.6, 0.4)
 
 
 def heldout_clips(generator, n, num_frames):
+  """The first n held-out identities' clips of `num_frames` frames."""
   cfg = benchmark.world_config(generator.config, num_frames)
-  ids = world.split_identities("heldout", n)
-  return [world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]]) for i in range(n)]
+  return benchmark.heldout_clips(cfg, benchmark.heldout_identities(n))
 
 
 def model_space(generator, frames):
@@ -90,14 +89,8 @@ def error_by_t(generator, clips):
 def position_by_start(generator, eval_encoder, n):
   """FaceSim position of samples started from real clips noised to t0."""
   cfg = benchmark.world_config(generator.config, None)
-  ids = world.split_identities("heldout", n + 1)
-  ids = ids[np.random.default_rng([0, 0xE7A1]).permutation(len(ids))]  # evaluate()'s order
-  real = np.stack(
-      [
-          world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])["frames"]
-          for i in range(n)
-      ]
-  )
+  ids = benchmark.heldout_identities(n + 1, seed=0)[:n]  # evaluate()'s order
+  real = np.stack([clip["frames"] for clip in benchmark.heldout_clips(cfg, ids)])
   x0 = model_space(generator, real)
   make_batch, make_grid = generator._host_batch, samplers.timesteps
   out = []
@@ -125,9 +118,7 @@ def trajectory_sheet(generator, n, path, columns=(0, 3, 6, 10, 15, 20)):
   sampler's clean estimate x0_hat (decoded) at the grid steps `columns`,
   then the sample. x0_hat at step k is one Euler step from grid[k] to 0."""
   cfg = benchmark.world_config(generator.config, None)
-  ids = world.split_identities("heldout", n + 1)
-  ids = ids[np.random.default_rng([0, 0xE7A1]).permutation(len(ids))]
-  clips = [world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]]) for i in range(n)]
+  clips = benchmark.heldout_clips(cfg, benchmark.heldout_identities(n + 1, seed=0)[:n])
   steps = int(generator.config.sample.steps)
   grid = samplers.timesteps(steps)
   make_grid = samplers.timesteps

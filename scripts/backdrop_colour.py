@@ -15,7 +15,6 @@ import sys
 
 import numpy as np
 
-from idjax.data import world
 from idjax.eval import benchmark, realism
 from idjax.sampling.generator import Generator
 
@@ -33,10 +32,7 @@ def colour_stats(frames, boxes):
 def main(workdirs):
   gens = [Generator.from_workdir(w) for w in workdirs]
   cfg = benchmark.world_config(gens[0].config, 8)
-  ids = world.split_identities("heldout", CLIPS)
-  clips = [
-      world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]]) for i in range(CLIPS)
-  ]
+  clips = benchmark.heldout_clips(cfg, benchmark.heldout_identities(CLIPS))
   boxes = np.stack([c["boxes"][0] for c in clips])
   rows = [("real renders", np.stack([c["frames"] for c in clips]))]
   for workdir, gen in zip(workdirs, gens):

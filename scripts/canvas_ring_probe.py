@@ -17,7 +17,6 @@ import numpy as np
 from PIL import Image
 
 from idjax import layout
-from idjax.data import world
 from idjax.eval import benchmark
 from idjax.sampling import generator as generator_lib
 
@@ -46,10 +45,8 @@ def cut_canvas(scale):
 def main(workdir, out, n=2):
   gen = generator_lib.Generator.from_workdir(workdir)
   cfg = benchmark.world_config(gen.config, 8)
-  ids = world.split_identities("heldout", n)
   rows = []
-  for i in range(n):
-    clip = world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])
+  for clip in benchmark.heldout_clips(cfg, benchmark.heldout_identities(n)):
     rows.append(np.concatenate(list(clip["frames"]), 1))
     for scale, guidance in ROWS:
       generator_lib.reference_canvas = _CANVAS if scale == 1.0 else cut_canvas(scale)

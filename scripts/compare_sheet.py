@@ -16,7 +16,6 @@ import argparse
 import numpy as np
 from PIL import Image
 
-from idjax.data import world
 from idjax.eval import benchmark
 from idjax.sampling.generator import Generator
 
@@ -55,11 +54,7 @@ def main(argv=None):
   cfg = benchmark.world_config(
       gens[int(np.argmax([g.resolution for g in gens]))].config, args.frames
   )
-  ids = world.split_identities("heldout", args.identities)
-  clips = [
-      world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])
-      for i in range(args.identities)
-  ]
+  clips = benchmark.heldout_clips(cfg, benchmark.heldout_identities(args.identities))
   rows = []
   for clip in clips:
     refs = clip["references"][0]

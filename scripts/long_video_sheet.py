@@ -17,7 +17,6 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from idjax.data import world
 from idjax.eval import benchmark, drift
 from idjax.sampling.extend import extend
 from idjax.sampling.generator import Generator
@@ -64,13 +63,12 @@ def main(argv=None):
 
   g = Generator.from_workdir(args.workdir)
   cfg = benchmark.world_config(g.config, args.frames)
-  ids = world.split_identities("heldout", args.identities)
   starts = drift.chunk_starts(args.frames, args.chunk_frames, args.context_frames)
   picks = columns(args.frames, starts)
   side = g.resolution
   rows = []
-  for i in range(args.identities):
-    clip = world.render_clip(cfg, 0, i, split="heldout", identity_ids=[ids[i]])
+  clips = benchmark.heldout_clips(cfg, benchmark.heldout_identities(args.identities))
+  for i, clip in enumerate(clips):
     refs, boxes = list(clip["references"][0]), clip["boxes"][0]
     chunked = {
         name: extend(

@@ -119,6 +119,24 @@ def test_protocol_ceiling_and_floor(scorer):
   assert "identified (of 3)" in benchmark.format_table(result)
 
 
+def test_heldout_clips_show_the_identities_in_the_evals_order():
+  from idjax.data import world
+  first = world.split_identities("heldout", 6)
+  np.testing.assert_array_equal(benchmark.heldout_identities(6), first)
+  orders = [benchmark.heldout_identities(6, seed) for seed in (2, 3)]
+  for ids in orders:
+    assert sorted(ids) == sorted(first)
+  assert list(orders[0]) != list(orders[1])  # the order follows the seed
+  wcfg = world.WorldConfig(resolution=16, num_frames=2, reference_resolution=16,
+                           max_characters=1, min_characters=1)
+  clips = benchmark.heldout_clips(wcfg, orders[0][:3], seed=2)
+  assert [int(c["identity_ids"][0]) for c in clips] == list(orders[0][:3])
+  assert all(world.is_heldout(int(c["identity_ids"][0])) for c in clips)
+  # The world seed reaches the clips: another seed renders other scenes.
+  other = benchmark.heldout_clips(wcfg, orders[0][:1], seed=3)
+  assert not np.array_equal(other[0]["frames"], clips[0]["frames"])
+
+
 def test_identification_is_top1_among_the_identities():
   refs = np.eye(3, 4)                                   # identity i points along axis i
   clips = np.stack([np.tile(v, (2, 1)) for v in (

@@ -73,6 +73,23 @@ def world_config(config, num_frames=None) -> world.WorldConfig:
       reference_resolution=int(d.reference_resolution))
 
 
+def heldout_identities(count: int, seed=None) -> np.ndarray:
+  """The first `count` held-out identity ids; with `seed`, in the order
+  `evaluate` pairs them with clips (a permutation seeded by `seed`)."""
+  ids = world.split_identities("heldout", count)
+  if seed is None:
+    return ids
+  return ids[np.random.default_rng([seed, 0xE7A1]).permutation(len(ids))]
+
+
+def heldout_clips(cfg: world.WorldConfig, ids, seed: int = 0) -> list[dict]:
+  """Clip i of the held-out world seeded `seed`, showing identity ids[i], as
+  the eval renders them (scripts and benches that look at the protocol's
+  clips take them from here)."""
+  return [world.render_clip(cfg, seed, i, split="heldout", identity_ids=[int(ident)])
+          for i, ident in enumerate(ids)]
+
+
 def _score(scorer, frames, boxes, ref_emb):
   """frames [T, H, W, 3], boxes [T, 4], ref_emb [K, D] -> (metric row, frame embeddings)."""
   c, emb = metrics.character_metrics(scorer, np.asarray(frames), np.asarray(boxes, np.float32),
@@ -150,11 +167,8 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   scorer = metrics.FaceScorer(eval_encoder)
   # One more identity than evaluated, so every floor clip shows someone else
   # even when N = 1; the pairing is a seeded cyclic shift.
-  ids = world.split_identities("heldout", num_identities + 1)
-  order = np.random.default_rng([seed, 0xE7A1]).permutation(len(ids))
-  ids = ids[order]
-  clips = [world.render_clip(cfg, seed, i, split="heldout", identity_ids=[ids[i]])
-           for i in range(len(ids))]
+  ids = heldout_identities(num_identities + 1, seed)
+  clips = heldout_clips(cfg, ids, seed)
   n = num_identities
   refs = [clips[i]["references"][0] for i in range(n)]           # [K, R, R, 3] each
   boxes = [clips[i]["boxes"][0] for i in range(n)]               # [T, 4]
