@@ -56,6 +56,9 @@ def get_config():
   # The first reference drawn in each face box, as input channels beside the
   # clip (conditioning.reference_canvas).
   config.model.reference_canvas = False
+  # One more canvas channel, its alpha: 1 where a reference's head is drawn
+  # (the references' head mattes, data's reference_mattes or a PNG's alpha).
+  config.model.canvas_alpha = False
   # The face masks the model reads (identity routing, the layout channels,
   # the canvas, identity guidance) are the ellipses of the face boxes shrunk
   # by this factor about their centres; 1 = the box's inscribed ellipse.
@@ -114,6 +117,7 @@ def get_config():
   config.train.sample_every = 0          # 0: only at the end
   config.train.max_nonfinite_steps = 5
   config.train.mask_dropout = 0.2        # all-ones face masks for this fraction
+  config.train.matte_dropout = 0.3       # all-ones reference mattes (none known) for this fraction
   # Multi-process runs: a process whose peers stop answering exits with an
   # error after this many seconds instead of hanging.
   config.train.heartbeat_timeout_s = 100

@@ -36,6 +36,11 @@ def get_config():
   config.model.channels = 8              # latent channels
   config.model.patch_size = (1, 2, 2)    # (frames, height, width) of the 16x16 latent grid
   config.model.reference_canvas = True   # references drawn in their boxes, as input channels
+  # ... only on each reference's head, with the drawn coverage as one more
+  # channel (the world's head mattes; a PNG's alpha; none: the whole ellipse).
+  # Without it the model copies the reference's backdrop around the head
+  # (docs/demo_quality.md, "The canvas's alpha").
+  config.model.canvas_alpha = True
   # Trained at strength 1, and the canvas is scaled by the strength, so 1 is
   # the default here: among 8 held-out identities strength 1 gives FaceSim
   # position 0.998 and attributes 0.807, 0.8 gives 0.955 and 0.784 (the

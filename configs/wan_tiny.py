@@ -34,6 +34,7 @@ def get_config():
   m.backbone = "wan"
   m.prediction = "velocity"  # Wan's flow velocity, noise - x0
   m.reference_canvas = False  # the backbone's input is the latents alone
+  m.canvas_alpha = False
   # Backbone: Wan 2.1's shapes scaled down (the 1.3B: 1536 / 30 / 12 / 8960 / 4096 / 256).
   m.width = 96  # num_heads * head_dim; head_dim 24 splits 8/8/8 for RoPE
   m.depth = 4

@@ -55,7 +55,14 @@ def encode_references(encoder, encoder_params, references):
 
 
 def reference_canvas(
-    references, ref_valid, char_valid, boxes, height: int, width: int, mask_scale: float = 1.0
+    references,
+    ref_valid,
+    char_valid,
+    boxes,
+    height: int,
+    width: int,
+    mask_scale: float = 1.0,
+    mattes=None,
 ):
   """Each character's reference drawn where its face goes: float [B, T, H, W, 3].
 
@@ -80,6 +87,12 @@ def reference_canvas(
     mask_scale: the portrait is placed in the whole box but drawn only inside
       the ellipse of the box shrunk by this factor: the model's face masks
       (model.face_mask_scale).
+    mattes: None, or uint8/float [B, C, K, R, R] head mattes of the
+      references (1 on the head). Given, each portrait is drawn only where
+      its matte, placed with it, is on (inside the ellipse as well), and the
+      function returns (canvas, alpha float [B, T, H, W, 1]): the drawn
+      coverage, so the model can tell "mid grey here" from "not known here".
+      An all-ones matte (none known) draws the whole ellipse, as without.
   """
   b, c, k, r = references.shape[:4]
   first = jnp.argmax(ref_valid, axis=-1)  # [B, C]
@@ -97,8 +110,63 @@ def reference_canvas(
   placed = jax.vmap(jax.vmap(place_frames))(portrait, scale, shift)  # [B, C, T, H, W, 3]
   masks = layout.face_masks(shrink_boxes(boxes, mask_scale), height, width, xp=jnp)
   masks = masks * char_valid[:, :, None, None, None].astype(jnp.float32)
+  if mattes is not None:
+    matte = jnp.take_along_axis(
+        jnp.asarray(mattes, jnp.float32), first[:, :, None, None, None], axis=2
+    )[:, :, 0, ..., None]
+    place_mattes = jax.vmap(
+        jax.vmap(
+            jax.vmap(
+                lambda image, s, tr: jax.image.scale_and_translate(
+                    image, (height, width, 1), (0, 1), s, tr, "linear"
+                ),
+                in_axes=(None, 0, 0),
+            )
+        )
+    )
+    masks = masks * place_mattes(matte, scale, shift)[..., 0]  # [B, C, T, H, W]
   canvas = jnp.zeros(placed.shape[:1] + placed.shape[2:], jnp.float32)
+  alpha = jnp.zeros(canvas.shape[:-1] + (1,), jnp.float32)
   for ch in range(c):  # back to front
     m = masks[:, ch, ..., None]
     canvas = canvas * (1.0 - m) + placed[:, ch] * m
-  return canvas
+    alpha = alpha * (1.0 - m) + m
+  return canvas if mattes is None else (canvas, alpha)
+
+
+def model_canvas(
+    references,
+    ref_valid,
+    char_valid,
+    boxes,
+    height: int,
+    width: int,
+    mask_scale: float,
+    to_model,
+    mattes=None,
+    temporal_factor: int = 1,
+):
+  """The reference canvas as the model reads it: `reference_canvas` in the
+  model's space (`to_model`: the autoencoder's encoder, or the identity),
+  with its alpha at the model's grid appended as one more channel when
+  `mattes` are given (model.canvas_alpha). Training and sampling both call
+  this."""
+  args = (references, ref_valid, char_valid, boxes, height, width, mask_scale)
+  if mattes is None:
+    return to_model(reference_canvas(*args))
+  canvas, alpha = reference_canvas(*args, mattes=mattes)
+  canvas = to_model(canvas)
+  alpha = alpha_to_grid(alpha, canvas.shape[2], canvas.shape[3], temporal_factor)
+  return jnp.concatenate([canvas, alpha.astype(canvas.dtype)], axis=-1)
+
+
+def alpha_to_grid(alpha, height: int, width: int, temporal_factor: int):
+  """The canvas's alpha [B, T, H, W, 1] at the model's grid [B, T', h, w, 1]:
+  the mean over each cell's pixels, and over a latent frame's frames the
+  maximum (as `layout.latent_face_masks` takes the union of its masks)."""
+  b, t, big_h, big_w = alpha.shape[:4]
+  alpha = einops.reduce(alpha, "b t (h sh) (w sw) one -> b t h w one", "mean", h=height, w=width)
+  if temporal_factor == 1:
+    return alpha
+  groups = layout.latent_frame_groups(t, temporal_factor)
+  return jnp.max(alpha[:, groups], axis=2)

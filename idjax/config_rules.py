@@ -144,6 +144,8 @@ VIDEO = COMMON + (
     ("model.prediction", one_of("clean", "velocity")),
     ("model.reference_canvas", boolean()),
     ("model.face_mask_scale", number(0.0, 1.0, lo_open=True)),
+    ("model.canvas_alpha", boolean()),
+    ("train.matte_dropout", PROBABILITY),
     ("model.width", integer(1)),
     ("model.depth", integer(1)),
     ("model.num_heads", integer(1)),
@@ -260,6 +262,8 @@ VIDEO_RELATIONS = (
      "a Wan backbone predicts velocity (model.prediction='velocity')"),
     (("model.backbone", "model.reference_canvas"), lambda b, c: b != "wan" or not c,
      "a Wan backbone reads no reference canvas (model.reference_canvas=False)"),
+    (("model.canvas_alpha", "model.reference_canvas"), lambda a, c: not a or c,
+     "model.canvas_alpha is the reference canvas's alpha: it needs model.reference_canvas=True"),
     (("sample.sampler", "sample.renoise"), lambda m, r: r == 0 or m == "euler",
      "sample.renoise > 0 takes sample.sampler='euler'"),
     (("model.freq_dim",), lambda f: f % 2 == 0, "model.freq_dim must be even"),
@@ -297,6 +301,8 @@ ABSENT_AS = {
     "model.prediction": "velocity",  # before clean prediction
     "model.reference_canvas": False,  # before the reference canvas
     "model.face_mask_scale": 1.0,    # before shrunk face masks (the box's ellipse)
+    "model.canvas_alpha": False,     # before the canvas's alpha channel
+    "train.matte_dropout": 0.0,      # before reference mattes
     "sample.shift": 1.0,             # before the timestep-grid shift
     "sample.renoise": 0.0,           # before the renoising sampler
     "sample.per_device_batch": 1,    # before batched sampling

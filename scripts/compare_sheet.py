@@ -16,6 +16,7 @@ import argparse
 import numpy as np
 from PIL import Image
 
+from idjax.data import world
 from idjax.eval import benchmark
 from idjax.sampling.generator import Generator
 
@@ -63,7 +64,8 @@ def main(argv=None):
       for scale, renoise in [(s, r) for s in scales for r in renoises]:
         out = g.generate(
             [clip["prompt"]],
-            [[list(refs)]],
+            # With their head mattes as alpha, as the eval gives them.
+            [[list(world.references_rgba(clip))]],
             num_frames=args.frames,
             seed=0,
             layout=[[clip["boxes"][0]]],

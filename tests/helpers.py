@@ -393,6 +393,7 @@ def numpy_batch(step, frames_dtype=np.uint8):
       character_valid=np.ones((B, C), bool),
       references=rng.integers(0, 256, (B, C, K, H, H, 3), dtype=np.uint8),
       reference_valid=np.ones((B, C, K), bool),
+      reference_mattes=np.ones((B, C, K, H, H), np.uint8),
       text_tokens=rng.integers(0, 20, (B, L)).astype(np.int32),
       index=np.arange(step * B, (step + 1) * B, dtype=np.int32),
   )

@@ -36,7 +36,7 @@ def _data_config(source, data_dir, split="train", size=4):
 def test_tfds_round_trip_matches_on_the_fly(tmp_path):
   builder = tfds_builder.make_builder(CFG, seed=5, train_size=4, heldout_size=2, data_dir=str(tmp_path))
   builder.download_and_prepare()
-  assert list(tmp_path.glob("synthetic_identity_video/*/1.0.0/*.array_record-*"))
+  assert list(tmp_path.glob("synthetic_identity_video/*/1.1.0/*.array_record-*"))
   for split, size in (("train", 4), ("heldout", 2)):
     stored = pipeline.TfdsSource(builder.as_data_source(split))
     fresh = pipeline.OnTheFlySource(CFG, 5, split, size)

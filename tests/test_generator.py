@@ -3,11 +3,12 @@
 import chex
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 import pytest
 
 from idjax import layout as layout_lib
 from idjax import models
-from idjax.sampling.generator import Generator, prepare_reference
+from idjax.sampling.generator import Generator, prepare_matte, prepare_reference
 
 from helpers import one_device_mesh, random_refs, tiny_parts
 
@@ -119,6 +120,18 @@ def test_prepare_reference_modes_and_sizes():
   assert out[..., 0].min() == 200 and out[..., 1:].max() == 0
   gray = np.full((9, 9), 77, np.uint8)
   np.testing.assert_array_equal(prepare_reference(gray, 16), np.full((16, 16, 3), 77, np.uint8))
+
+
+def test_prepare_matte_reads_the_alpha_channel_cropped_like_the_colours():
+  rgba = np.zeros((40, 20, 4), np.uint8)  # centre-cropped to rows 10..29
+  rgba[:20, :, 3] = 255                   # opaque top half: the cropped square's top half
+  matte = prepare_matte(rgba, 10)
+  np.testing.assert_array_equal(matte, np.repeat([[1]] * 5 + [[0]] * 5, 10, axis=1))
+  np.testing.assert_array_equal(prepare_matte(Image.fromarray(rgba), 10), matte)
+  # No alpha channel: the whole portrait may be the head.
+  np.testing.assert_array_equal(prepare_matte(rgba[..., :3], 10), np.ones((10, 10), np.uint8))
+  np.testing.assert_array_equal(prepare_matte(Image.fromarray(rgba).convert("RGB"), 7),
+                                np.ones((7, 7), np.uint8))
 
 
 def test_layout_masks_match_box_geometry():

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from idjax import layout, models
-from idjax.conditioning import reference_canvas
+from idjax.conditioning import alpha_to_grid, reference_canvas
 from helpers import model_setup, tiny_model_config
 
 R, H = 32, 48
@@ -118,3 +118,77 @@ def test_a_model_without_the_canvas_has_the_same_params_as_before():
   layout_channels = models.dit.LAYOUT_CHANNELS
   assert shapes[False][0] == 16 * (3 + layout_channels)
   assert shapes[True][0] == 16 * (3 + layout_channels + 3)
+
+
+def test_a_matte_draws_the_reference_only_on_its_head_and_says_so_in_alpha():
+  ref = _ramp_reference()
+  refs = ref[None, None, None]
+  matte = np.zeros((1, 1, 1, R, R), np.uint8)
+  matte[..., : R // 2, :] = 1  # the head: the portrait's top half
+  box = np.array([0.0, 0.0, 1.0, 1.0], np.float32)  # the portrait fills the frame (H = 1.5 R)
+  boxes = jnp.asarray(np.broadcast_to(box, (1, 1, 2, 4)))
+  args = (jnp.asarray(refs), jnp.ones((1, 1, 1), bool), jnp.ones((1, 1), bool), boxes, H, H)
+  plain = np.asarray(reference_canvas(*args))
+  canvas, alpha = (np.asarray(a) for a in reference_canvas(*args, mattes=jnp.asarray(matte)))
+  chex.assert_shape(alpha, (1, 2, H, H, 1))
+  ellipse = layout.face_masks(box, H, H)
+  top, bottom = slice(0, H // 2 - 2), slice(H // 2 + 2, H)  # away from the matte's edge
+  # The head: drawn as without a matte, alpha = the ellipse.
+  np.testing.assert_allclose(canvas[0, :, top], plain[0, :, top], atol=1e-5)
+  np.testing.assert_allclose(
+      alpha[0, :, top, :, 0], np.broadcast_to(ellipse[top], (2, H // 2 - 2, H)), atol=1e-5
+  )
+  # Off the head: nothing drawn (mid grey, 0) and alpha 0.
+  np.testing.assert_array_equal(canvas[0, :, bottom], 0.0)
+  np.testing.assert_array_equal(alpha[0, :, bottom], 0.0)
+  assert np.abs(plain[0, :, bottom]).max() > 0.1
+  # An all-ones matte (none known) is the canvas without one, alpha the ellipse.
+  ones, ones_alpha = reference_canvas(*args, mattes=jnp.ones_like(matte))
+  np.testing.assert_allclose(ones, plain, atol=1e-5)
+  np.testing.assert_allclose(ones_alpha[0, 0, ..., 0], ellipse, atol=1e-5)
+
+
+def test_alpha_at_the_model_grid_is_the_cell_mean_and_the_latent_frames_union():
+  rng = np.random.default_rng(5)
+  alpha = rng.uniform(size=(1, 5, 8, 8, 1)).astype(np.float32)
+  grid = np.asarray(alpha_to_grid(jnp.asarray(alpha), 2, 2, 1))
+  np.testing.assert_allclose(grid[0, 3, 1, 0, 0], alpha[0, 3, 4:, :4].mean(), rtol=1e-6)
+  packed = np.asarray(alpha_to_grid(jnp.asarray(alpha), 2, 2, 4))  # frames 0 | 1-4
+  chex.assert_shape(packed, (1, 2, 2, 2, 1))
+  cells = alpha[0].reshape(5, 2, 4, 2, 4).mean(axis=(2, 4))
+  np.testing.assert_allclose(packed[0, 0, ..., 0], cells[0], rtol=1e-6)
+  np.testing.assert_allclose(packed[0, 1, ..., 0], cells[1:].max(axis=0), rtol=1e-6)
+
+
+def test_a_model_with_canvas_alpha_reads_one_more_channel():
+  cfg = tiny_model_config(reference_canvas=True, canvas_alpha=True)
+  model = models.build_model(cfg)
+  args = models.dummy_inputs(cfg, batch=1, frames=1, height=16, width=16, text_len=cfg.text_len)
+  params = jax.eval_shape(lambda: model.init(jax.random.key(0), *args))["params"]
+  assert params["patch_embed"]["kernel"].value.shape[0] == 16 * (3 + models.dit.LAYOUT_CHANNELS + 4)
+
+
+def test_training_reads_the_mattes_and_matte_dropout_drops_them():
+  """A canvas_alpha model's step depends on the batch's reference mattes; with
+  train.matte_dropout = 1 every matte is all ones, bit for bit. (The
+  gradient's norm, since the zero-initialised head makes the first loss
+  independent of the inputs.)"""
+  from helpers import mesh_for, numpy_batch, put_batch, tiny_encoder, tiny_train_config
+  from idjax.train import trainer
+
+  ones = numpy_batch(0)
+  half = dict(ones, reference_mattes=ones["reference_mattes"].copy())
+  half["reference_mattes"][..., ones["references"].shape[-2] // 2 :, :] = 0
+
+  def loss(dropout, batch):
+    config = tiny_train_config()
+    config.model.reference_canvas = config.model.canvas_alpha = True
+    config.train.matte_dropout = dropout
+    mesh = mesh_for(config, {})
+    setup = trainer.make_setup(config, models.build_model(config.model), tiny_encoder(), mesh)
+    metrics = setup.run_step(setup.init(), put_batch(batch, mesh))[1]
+    return float(jax.device_get(metrics["grad_norm"]))
+
+  kept = loss(0.0, half)
+  assert abs(kept - loss(0.0, ones)) > 1e-5
+  assert loss(1.0, half) == loss(0.0, ones)

@@ -26,10 +26,11 @@ def test_writes_a_heldout_identity(tmp_path):
   clip = world.render_clip(cfg, 12345, 3, split="heldout")
   identity = int(clip["identity_ids"][0])
   assert world.is_heldout(identity)
-  for k in range(2):
-    np.testing.assert_array_equal(
-        np.asarray(Image.open(out / f"ref_{k}.png")), clip["references"][0][k]
-    )
+  for k in range(2):  # RGBA: the portrait, and its head matte as alpha
+    rgba = np.asarray(Image.open(out / f"ref_{k}.png"))
+    np.testing.assert_array_equal(rgba[..., :3], clip["references"][0][k])
+    np.testing.assert_array_equal(rgba[..., 3], clip["reference_mattes"][0][k] * 255)
+    assert 0 < clip["reference_mattes"][0][k].mean() < 1
   target = np.asarray(Image.open(out / "target.png"))
   assert target.shape == (32, 3 * 32, 3)
   np.testing.assert_array_equal(target, np.concatenate(list(clip["frames"]), axis=1))

@@ -16,7 +16,7 @@ import sample  # the entry point (the repository root is on pytest's pythonpath)
 from idjax import video_io
 from idjax.eval import metrics
 from idjax.face.frozen import FrozenFaceEncoder
-from idjax.sampling.generator import Generator, prepare_reference
+from idjax.sampling.generator import Generator, prepare_matte, prepare_reference
 
 from helpers import ROOT, make_workdir
 
@@ -92,6 +92,19 @@ def test_normal_run_writes_all_outputs(setup, capsys):
                "--out", out2, "--frames", "2", "--steps", "1", "--no-progress"])
   report = json.load(open(out2[:-4] + ".json"))
   assert report["metrics"]["box_source"] == "layout"
+
+
+def test_a_transparent_reference_keeps_its_alpha_as_the_matte(tmp_path):
+  rgba = np.zeros((8, 8, 4), np.uint8)
+  rgba[..., 0] = 200
+  rgba[:4, :, 3] = 255  # the head: the top half; the rest transparent
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "head.png")
+  image = sample.load_image(str(tmp_path / "head.png"))
+  assert image.shape == (8, 8, 4)
+  np.testing.assert_array_equal(image[:4, :, :3], np.broadcast_to([200, 0, 0], (4, 8, 3)))
+  np.testing.assert_array_equal(image, rgba)  # the colours as stored, the alpha
+  np.testing.assert_array_equal(prepare_matte(image, 8)[:, 0], [1] * 4 + [0] * 4)
+  np.testing.assert_array_equal(prepare_reference(image, 8), image[..., :3])
 
 
 def test_a_failure_while_sampling_leaves_no_mp4(setup, monkeypatch):

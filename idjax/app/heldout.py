@@ -29,7 +29,7 @@ def pick(index, count: int, folder: str) -> tuple[list[str], str, int]:
   )
   clip = world.render_clip(cfg, SEED, index, split="heldout")
   files = []
-  for k, image in enumerate(clip["references"][0]):
+  for k, image in enumerate(world.references_rgba(clip)):  # the head's matte as alpha
     path = os.path.join(folder, f"heldout_{index}_ref_{k}.png")
     Image.fromarray(image).save(path, format="PNG")
     files.append(path)

@@ -36,7 +36,7 @@ _FEISTEL_ROUNDS = 6
 # No pixel masks: the train step builds its masks from the boxes (as sampling
 # does), so shipping the records' head masks to the device would be dead weight.
 BATCH_KEYS = ("frames", "boxes", "identity_ids", "character_valid", "references",
-              "reference_valid", "text_tokens", "index")
+              "reference_valid", "reference_mattes", "text_tokens", "index")
 TEXT_EMBEDDINGS = "text_embeddings"  # the extra key of a batch for a table
 
 
@@ -191,6 +191,10 @@ def _to_example(record, *, seed, text_len, reference_dropout, text_table=None):
       identity_ids=record["identity_ids"], character_valid=record["character_valid"],
       references=record["references"],
       reference_valid=ref_valid & record["character_valid"][:, None],
+      # Each reference's head matte (1 on the head); a source without one
+      # (real footage) gives all ones: the whole portrait may be the head.
+      reference_mattes=record.get("reference_mattes",
+                                  np.ones(record["references"].shape[:-1], np.uint8)),
       text_tokens=prompts.tokenize(record["prompt"], text_len),
       index=np.int32(index))
   if text_table is not None:

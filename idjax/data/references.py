@@ -2,8 +2,9 @@
 
   python -m idjax.data.references --out DIR [--index 0] [--count 3] [--resolution 64]
 
-DIR receives ref_0.png .. ref_{count-1}.png, prompt.txt, and target.png (a
-contact strip of the real held-out clip, for comparison). The identity is
+DIR receives ref_0.png .. ref_{count-1}.png (RGBA: the portrait, and its
+head as the alpha, which a model with model.canvas_alpha reads), prompt.txt,
+and target.png (a contact strip of the real held-out clip, for comparison). The identity is
 drawn from the held-out split, so the model never saw it in training.
 Existing files are kept unless --overwrite; every value is checked before
 anything is rendered.
@@ -73,7 +74,8 @@ def main(argv=None) -> int:
     clip = world.render_clip(cfg, args.seed, args.index, split="heldout")
     bar.update(1)
     os.makedirs(out, exist_ok=True)
-    for k, image in enumerate(clip["references"][0]):
+    # RGBA: the head's matte as alpha, the backdrop's colours kept under it.
+    for k, image in enumerate(world.references_rgba(clip)):
       _write_png(files[k], image)
       bar.update(1)
     _write_png(files[-2], np.concatenate(list(clip["frames"]), axis=1))

@@ -69,8 +69,9 @@ _PRESETS = (
 class SyntheticIdentityVideo(tfds.core.GeneratorBasedBuilder):
   """Cartoon-face clips with identities, boxes, masks, references and prompts."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "First release.",
+                   "1.1.0": "reference_mattes: each reference portrait's head."}
   BUILDER_CONFIGS = list(_PRESETS)
   # TFDS would infer these through `importlib_resources`, which this
   # TensorFlow-free environment lacks; the builder has no checksums anyway.
@@ -96,6 +97,7 @@ class SyntheticIdentityVideo(tfds.core.GeneratorBasedBuilder):
             "identity_ids": t(shape=(C,), dtype=np.int32),
             "character_valid": t(shape=(C,), dtype=np.bool_),
             "references": t(shape=(C, K, R, R, 3), dtype=np.uint8),
+            "reference_mattes": t(shape=(C, K, R, R), dtype=np.uint8),
             "prompt": tfds.features.Text(),
             "index": t(shape=(), dtype=np.int64),
         }),

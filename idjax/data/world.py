@@ -356,7 +356,8 @@ def _render(resolution, scene, heads):
 
 
 def _references(cfg, seed, index, c, ident):
-  """K portraits of `ident` with fresh nuisance, framed like its face box: [K,R,R,3]."""
+  """K portraits of `ident` with fresh nuisance, framed like its face box:
+  (uint8 [K,R,R,3], their head mattes uint8 [K,R,R], 1 on the head)."""
   k = cfg.num_references
   rng = np.random.default_rng([seed, index, _REFERENCE, c])
   pose = _pose(rng, 1, static=True)
@@ -366,8 +367,8 @@ def _references(cfg, seed, index, c, ident):
   centres = np.full((k, 2), 0.5)
   sides = np.ones(k)
   scene = _scene(rng, k, independent=True)
-  frames, _ = _render(cfg.reference_resolution, scene, [(ident, centres, sides, pose)])
-  return frames
+  frames, masks = _render(cfg.reference_resolution, scene, [(ident, centres, sides, pose)])
+  return frames, masks[0]
 
 
 def render_clip(cfg: WorldConfig, seed: int, index: int, *, split: str = "train",
@@ -384,7 +385,8 @@ def render_clip(cfg: WorldConfig, seed: int, index: int, *, split: str = "train"
     dict with frames uint8 [T,H,W,3], boxes float32 [C,T,4] (y0, x0, y1, x1)
     frame fractions, masks uint8 [C,T,H,W] (visible head, 1 inside), identity_ids
     int32 [C] (-1 absent), character_valid bool [C], references uint8
-    [C,K,R,R,3], prompt str. C = max_characters, padded.
+    [C,K,R,R,3], reference_mattes uint8 [C,K,R,R] (each portrait's head, 1
+    inside), prompt str. C = max_characters, padded.
   """
   _check_split(split)
   seed, index = int(seed), int(index)
@@ -420,12 +422,20 @@ def render_clip(cfg: WorldConfig, seed: int, index: int, *, split: str = "train"
   valid = np.zeros((C,), bool)
   valid[:n] = True
   references = np.zeros((C, k, r, r, 3), np.uint8)
+  reference_mattes = np.zeros((C, k, r, r), np.uint8)
   for c in range(n):
-    references[c] = _references(cfg, seed, index, c, idents[c])
+    references[c], reference_mattes[c] = _references(cfg, seed, index, c, idents[c])
 
   return dict(frames=frames, boxes=boxes, masks=all_masks, identity_ids=identity,
-              character_valid=valid, references=references,
+              character_valid=valid, references=references, reference_mattes=reference_mattes,
               prompt=prompts.describe([p.attributes() for p in idents]))
+
+
+def references_rgba(clip: dict, character: int = 0) -> np.ndarray:
+  """A character's reference portraits as RGBA uint8 [K, R, R, 4]: the colours,
+  and the head matte as alpha (255 on the head), as users give a matte."""
+  alpha = clip["reference_mattes"][character].astype(np.uint8) * np.uint8(255)
+  return np.concatenate([clip["references"][character], alpha[..., None]], axis=-1)
 
 
 def render_record(cfg: WorldConfig, seed: int, index: int, split: str = "train") -> dict:

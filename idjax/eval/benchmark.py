@@ -171,6 +171,9 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   clips = heldout_clips(cfg, ids, seed)
   n = num_identities
   refs = [clips[i]["references"][0] for i in range(n)]           # [K, R, R, 3] each
+  # The generator gets them as RGBA, their head mattes as alpha (read by a
+  # model with model.canvas_alpha, ignored by others); they are scored as RGB.
+  rgba = [world.references_rgba(clips[i]) for i in range(n)]
   boxes = [clips[i]["boxes"][0] for i in range(n)]               # [T, 4]
   prompts = [clips[i]["prompt"] for i in range(n)]
 
@@ -181,7 +184,7 @@ def evaluate(generator, eval_encoder, num_identities: int, seed: int = 0,
   for name, kwargs in variants.items():
     kwargs = dict(kwargs)
     k = kwargs.pop("num_references", None)
-    references = [[list(r if k is None else r[:k])] if k != 0 else [] for r in refs]
+    references = [[list(r if k is None else r[:k])] if k != 0 else [] for r in rgba]
     start = time.perf_counter()
     out = generator.generate(prompts, references, num_frames=cfg.num_frames, seed=seed,
                              layout=[[b] if r else [] for b, r in zip(boxes, references)],

@@ -141,6 +141,8 @@ class VideoDiT(nn.Module):
     reference_canvas: read identity.ref_canvas (the references drawn in their
       boxes, in the model's space) as extra input channels beside the clip.
     dtype, param_dtype: names of the compute and parameter dtypes.
+    canvas_alpha: the canvas has one more channel, its alpha at the model's
+      grid (conditioning.alpha_to_grid): where it knows the head.
   """
   patch_size: tuple[int, int, int]
   width: int
@@ -164,6 +166,7 @@ class VideoDiT(nn.Module):
   reference_canvas: bool
   dtype: str
   param_dtype: str
+  canvas_alpha: bool = False
 
   # Param scopes of the identity path, the "adapters" that
   # train.trainable = "adapters" trains (train.state.trainable_filter).
@@ -236,7 +239,8 @@ class VideoDiT(nn.Module):
     # Patchify the clip together with its layout channels, and embed.
     inputs = [x.astype(jnp.float32), layout_map(identity, strength, x.shape)]
     if self.reference_canvas:
-      inputs.append(canvas_input(identity, strength, x.shape))
+      inputs.append(canvas_input(identity, strength,
+                                 x.shape[:-1] + (x.shape[-1] + int(self.canvas_alpha),)))
     x_in = jnp.concatenate(inputs, -1)
     tokens = einops.rearrange(x_in.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
                               pt=pt, ph=ph, pw=pw)
@@ -363,7 +367,8 @@ def build_model(model_config):
       prediction=m.prediction,
       reference_canvas=m.reference_canvas,
       dtype=m.dtype,
-      param_dtype=m.param_dtype)
+      param_dtype=m.param_dtype,
+      canvas_alpha=m.get("canvas_alpha", False))
 
 
 def _wan_identity_dit(m) -> WanIdentityDiT:

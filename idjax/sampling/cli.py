@@ -198,7 +198,11 @@ def parse_boxes(args, names) -> list | None:
 
 
 def load_image(path: str) -> np.ndarray:
-  """Any readable image -> uint8 RGB [h, w, 3]; transparency over white."""
+  """Any readable image -> uint8 RGB [h, w, 3], or with transparency RGBA
+  [h, w, 4]: the colours as stored (also under transparent pixels: the face
+  encoder sees the portrait whole, backdrop included, as in training) and
+  the alpha, which a model with model.canvas_alpha reads as the head's matte
+  (opaque = head)."""
   if not os.path.isfile(path):
     raise configlib.UsageError(f"Reference image {path!r} does not exist.")
   too_large = configlib.UsageError(
@@ -214,10 +218,9 @@ def load_image(path: str) -> np.ndarray:
         raise too_large
       image.load()
       if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        image = image.convert("RGBA")
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(canvas, image)
-      array = np.asarray(image.convert("RGB"), np.uint8)
+        array = np.asarray(image.convert("RGBA"), np.uint8)
+      else:
+        array = np.asarray(image.convert("RGB"), np.uint8)
   except Image.DecompressionBombError:
     raise too_large from None
   except configlib.UsageError:  # `too_large` itself (a ValueError): not "cannot read"

@@ -67,7 +67,7 @@ from idjax import restore
 from idjax import rng
 from idjax import sharding
 from idjax.autoencoder.frozen import FrozenAutoencoder
-from idjax.conditioning import encode_references, model_face_masks, reference_canvas
+from idjax.conditioning import encode_references, model_canvas, model_face_masks
 from idjax.data import prompts as prompts_lib
 from idjax.data import text_embeddings as text_lib
 from idjax.face.frozen import FrozenFaceEncoder
@@ -145,12 +145,34 @@ def prepare_reference(image, size: int) -> np.ndarray:
   return np.asarray(image, np.uint8)
 
 
+def prepare_matte(image, size: int) -> np.ndarray:
+  """A reference's head matte, uint8 [size, size] (1 on the head): its alpha
+  channel (RGBA or LA; opaque from 128), cropped and resized as
+  `prepare_reference` does the colours; all ones without one (none known)."""
+  if isinstance(image, Image.Image):
+    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+  else:
+    array = np.asarray(image)
+    alpha = (Image.fromarray(array[..., -1])
+             if array.ndim == 3 and array.shape[-1] in (2, 4) else None)
+  if alpha is None:
+    return np.ones((size, size), np.uint8)
+  width, height = alpha.size
+  side = min(width, height)
+  left, top = (width - side) // 2, (height - side) // 2
+  alpha = alpha.crop((left, top, left + side, top + side))
+  if side != size:
+    alpha = alpha.resize((size, size), Image.BILINEAR)
+  return (np.asarray(alpha) >= 128).astype(np.uint8)
+
+
 @dataclasses.dataclass
 class _Batch:
   """Host-side inputs of B (padded) examples."""
   noise: np.ndarray            # float32 [B, T', h, w, C] at the model's grid
   text: np.ndarray             # int32 [B, L]
   references: np.ndarray       # uint8 [B, C, K, R, R, 3]
+  mattes: np.ndarray           # uint8 [B, C, K, R, R], 1 on the head (all ones: none known)
   ref_valid: np.ndarray        # bool [B, C, K]
   char_valid: np.ndarray       # bool [B, C]
   strength: np.ndarray         # float32 [B]
@@ -290,10 +312,12 @@ class Generator:
     the model's space, exactly as the trainer draws (and encodes) it."""
     if self._canvas is None:
       res, ae = self.resolution, self.autoencoder
+      alpha = bool(getattr(self.model, "canvas_alpha", False))
 
-      def canvas(ae_params, refs, ref_valid, char_valid, boxes):
-        x = reference_canvas(refs, ref_valid, char_valid, boxes, res, res, self.mask_scale)
-        return x if ae is None else ae.encode(ae_params, x)
+      def canvas(ae_params, refs, mattes, ref_valid, char_valid, boxes):
+        to_model = (lambda x: x) if ae is None else functools.partial(ae.encode, ae_params)
+        return model_canvas(refs, ref_valid, char_valid, boxes, res, res, self.mask_scale,
+                            to_model, mattes if alpha else None, self.temporal_factor)
 
       self._canvas = jax.jit(canvas)
     return self._canvas
@@ -396,12 +420,14 @@ class Generator:
     n = b + pad
     c, k, r, side = self.max_characters, self.num_references, self.reference_resolution, self.model_side
     refs = np.zeros((n, c, k, r, r, 3), np.uint8)
+    mattes = np.ones((n, c, k, r, r), np.uint8)
     ref_valid = np.zeros((n, c, k), bool)
     char_valid = np.zeros((n, c), bool)
     for i, chars in enumerate(references):
       for j, images in enumerate(chars):
         for m, image in enumerate(images):
           refs[i, j, m] = prepare_reference(image, r)
+          mattes[i, j, m] = prepare_matte(image, r)
           ref_valid[i, j, m] = True
         char_valid[i, j] = True
     text = np.zeros((n, self.text_len), np.int32)
@@ -428,8 +454,8 @@ class Generator:
     if boxes is not None:
       padded_boxes = np.zeros((n,) + boxes.shape[1:], np.float32)
       padded_boxes[:b] = boxes
-    return _Batch(noise, text, refs, ref_valid, char_valid, strength, masks, padded_boxes,
-                  embeddings)
+    return _Batch(noise, text, refs, mattes, ref_valid, char_valid, strength, masks,
+                  padded_boxes, embeddings)
 
   def _seeded_noise(self, seeds, n, shape, step, purpose):
     """[n, *shape] noise, example i's from `rng.derive(seeds[i], step, purpose)`
@@ -487,7 +513,8 @@ class Generator:
     char_valid = self._put_batch(host.char_valid[sl])
     canvas = None
     if self.model.reference_canvas and host.boxes is not None:
-      canvas = self._canvas_fn()(self.autoencoder_params, refs, ref_valid, char_valid,
+      canvas = self._canvas_fn()(self.autoencoder_params, refs,
+                                 self._put_batch(host.mattes[sl]), ref_valid, char_valid,
                                  self._put_batch(host.boxes[sl]))
     return models.IdentityInputs(
         ref_embeddings=emb, ref_features=feats, ref_valid=ref_valid, char_valid=char_valid,

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from idjax import config_rules, diffusion, losses
-from idjax.conditioning import encode_references, model_face_masks, reference_canvas
+from idjax.conditioning import encode_references, model_canvas, model_face_masks
 from idjax.models.identity import IdentityInputs
 from idjax.rng import derive, per_example
 from idjax.train.state import (TrainState, apply_gradients, make_optimizer, merge, partition,
@@ -54,6 +54,7 @@ def draw_example_randomness(train_config, root, step, index, frames_shape, clip_
       drop_text=bernoulli("text_dropout", train_config.text_dropout),
       drop_identity=bernoulli("identity_dropout", train_config.identity_dropout),
       drop_mask=bernoulli("mask_dropout", train_config.mask_dropout),
+      drop_matte=bernoulli("matte_dropout", float(train_config.get("matte_dropout", 0.0))),
       id_start=jax.vmap(lambda k: jax.random.randint(k, (), 0, id_frames - window + 1))(
           keys("id_frames")),
   )
@@ -111,10 +112,16 @@ def make_train_step(config, model, encoder, autoencoder=None):
     if model.reference_canvas:
       # Without masks (mask dropout) there is no layout to draw the
       # references in, as when sampling without boxes.
-      canvas = to_model(reference_canvas(
+      # Matte dropout: all-ones mattes (none known), as for references
+      # without an alpha channel.
+      mattes = None
+      if model.canvas_alpha:
+        mattes = jnp.where(r["drop_matte"][:, None, None, None, None], 1,
+                           batch["reference_mattes"])
+      canvas = model_canvas(
           batch["references"], batch["reference_valid"],
           char_valid & ~r["drop_mask"][:, None], batch["boxes"], frame_height, frame_width,
-          mask_scale))
+          mask_scale, to_model, mattes, temporal_factor)
     # Masks from the boxes, exactly as sampling builds them from a layout
     # (conditioning.model_face_masks).
     height, width = x0.shape[2:4]

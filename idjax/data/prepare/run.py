@@ -408,6 +408,8 @@ def _record(opts, rec, index, frames, boxes, banks):
       identity_ids=ids,
       character_valid=valid,
       references=references,
+      # No head mattes from footage: all ones, "the whole crop may be head".
+      reference_mattes=np.ones(references.shape[:-1], np.uint8),
       prompt=rec["prompt"],
       index=np.int64(index),
   )
