@@ -164,7 +164,7 @@ def alpha_to_grid(alpha, height: int, width: int, temporal_factor: int):
   """The canvas's alpha [B, T, H, W, 1] at the model's grid [B, T', h, w, 1]:
   the mean over each cell's pixels, and over a latent frame's frames the
   maximum (as `layout.latent_face_masks` takes the union of its masks)."""
-  b, t, big_h, big_w = alpha.shape[:4]
+  t = alpha.shape[1]
   alpha = einops.reduce(alpha, "b t (h sh) (w sw) one -> b t h w one", "mean", h=height, w=width)
   if temporal_factor == 1:
     return alpha

@@ -62,6 +62,7 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
           remat_policy="none",
           prediction="velocity",
           reference_canvas=False,
+          canvas_alpha=False,
           param_dtype="float32",
           dtype="float32",
       )
@@ -321,13 +322,15 @@ class TinyVideoModel(nn.Module):
 
   width: int = 16
   reference_canvas: bool = False
+  canvas_alpha: bool = False
 
   @nn.compact
   def __call__(
       self, x, t, text_tokens, identity=None, identity_strength=None, *, deterministic=True
   ):
+    channels = x.shape[-1]
     if self.reference_canvas:
-      canvas = jnp.zeros_like(x)
+      canvas = jnp.zeros(x.shape[:-1] + (channels + int(self.canvas_alpha),), x.dtype)
       if identity is not None and identity.ref_canvas is not None:
         canvas = identity.ref_canvas * identity_strength[:, None, None, None, None]
       x = jnp.concatenate([x, canvas], axis=-1)
@@ -346,7 +349,7 @@ class TinyVideoModel(nn.Module):
       h = h * (1.0 + mask)
     h = nn.gelu(h + blocks.per_token(time, h) + cond[:, None, None, None, :])
     h = nn.gelu(_dense(2 * self.width, ("embed", "mlp"), "hidden")(h))
-    return _dense(x.shape[-1] // (2 if self.reference_canvas else 1), ("mlp", None), "out")(h)
+    return _dense(channels, ("mlp", None), "out")(h)
 
 
 def tiny_train_config():

@@ -69,10 +69,11 @@ def test_global_arrays_sharded_on_batch(mesh):
   batch = batches.batch_at(0)
   shapes = dict(frames=(8, 2, 16, 16, 3), boxes=(8, 2, 2, 4),
                 identity_ids=(8, 2), character_valid=(8, 2), references=(8, 2, 3, 8, 8, 3),
-                reference_valid=(8, 2, 3), text_tokens=(8, 20), index=(8,))
+                reference_valid=(8, 2, 3), reference_mattes=(8, 2, 3, 8, 8),
+                text_tokens=(8, 20), index=(8,))
   dtypes = dict(frames=np.uint8, boxes=np.float32, identity_ids=np.int32,
                 character_valid=np.bool_, references=np.uint8, reference_valid=np.bool_,
-                text_tokens=np.int32, index=np.int32)
+                reference_mattes=np.uint8, text_tokens=np.int32, index=np.int32)
   # No pixel masks: the train step builds them from the boxes.
   assert set(batch) == set(pipeline.BATCH_KEYS) == set(shapes)
   for key, array in batch.items():

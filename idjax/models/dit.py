@@ -166,7 +166,7 @@ class VideoDiT(nn.Module):
   reference_canvas: bool
   dtype: str
   param_dtype: str
-  canvas_alpha: bool = False
+  canvas_alpha: bool
 
   # Param scopes of the identity path, the "adapters" that
   # train.trainable = "adapters" trains (train.state.trainable_filter).
@@ -368,7 +368,7 @@ def build_model(model_config):
       reference_canvas=m.reference_canvas,
       dtype=m.dtype,
       param_dtype=m.param_dtype,
-      canvas_alpha=m.get("canvas_alpha", False))
+      canvas_alpha=m.canvas_alpha)
 
 
 def _wan_identity_dit(m) -> WanIdentityDiT:

@@ -150,7 +150,9 @@ def prepare_matte(image, size: int) -> np.ndarray:
   channel (RGBA or LA; opaque from 128), cropped and resized as
   `prepare_reference` does the colours; all ones without one (none known)."""
   if isinstance(image, Image.Image):
-    alpha = image.getchannel("A") if image.mode in ("RGBA", "LA") else None
+    transparent = image.mode in ("RGBA", "LA", "PA") or (
+        image.mode == "P" and "transparency" in image.info)
+    alpha = image.convert("RGBA").getchannel("A") if transparent else None
   else:
     array = np.asarray(image)
     alpha = (Image.fromarray(array[..., -1])
@@ -533,7 +535,9 @@ class Generator:
       prompts: B strings.
       references: None (text only) or, per prompt, a list of characters, each
         a list of 1..K reference images (uint8 arrays or PIL images, any size
-        and mode). A prompt with an empty list is text only.
+        and mode). A prompt with an empty list is text only. An alpha
+        channel (RGBA, LA) is the head's matte, which a model with
+        model.canvas_alpha reads (`prepare_matte`).
       num_frames: T (default config.sample.num_frames); 1 + 4k with the Wan
         VAE (temporal factor 4), which the model samples as 1 + k latent frames.
       identity_strength: float or [B] floats in [0, 1], scales the identity path.

@@ -115,7 +115,7 @@ def make_train_step(config, model, encoder, autoencoder=None):
       # Matte dropout: all-ones mattes (none known), as for references
       # without an alpha channel.
       mattes = None
-      if model.canvas_alpha:
+      if getattr(model, "canvas_alpha", False):  # the model's input width decides
         mattes = jnp.where(r["drop_matte"][:, None, None, None, None], 1,
                            batch["reference_mattes"])
       canvas = model_canvas(
