@@ -7,7 +7,10 @@ For each of the first N held-out identities of the eval protocol (the same
 clips `python -m idjax.eval` renders: seed 0, clip i), one row block: the
 first reference portrait and the real clip's frames on top, then each
 workdir's sample with that clip's prompt, references and face-box layout
-(seed 0). Models of different resolutions are shown at the largest one
+(seed 0). The references go with their head mattes as alpha, as the eval
+gives them; `--mattes 1,0` adds rows without them (RGB references, as a
+user's photos without alpha) for the models that read mattes
+(model.canvas_alpha). Models of different resolutions are shown at the largest one
 (nearest-neighbour upscaling, so a 32 px model's pixels stay visible).
 """
 
@@ -44,6 +47,11 @@ def main(argv=None):
       default=None,
       help="comma-separated sample.renoise values: one row per value (default: each config's)",
   )
+  p.add_argument(
+      "--mattes",
+      default="1",
+      help="comma-separated 1 (RGBA references: head mattes as alpha) / 0 (RGB): one row each",
+  )
   p.add_argument("--out", required=True)
   args = p.parse_args(argv)
   floats = lambda text: [None] if text is None else [float(s) for s in text.split(",")]
@@ -61,11 +69,14 @@ def main(argv=None):
     refs = clip["references"][0]
     rows.append(np.concatenate([_upscale(refs[:1], side)[0]] + list(clip["frames"]), axis=1))
     for g in gens:
-      for scale, renoise in [(s, r) for s in scales for r in renoises]:
+      for scale, renoise, matte in [
+          (s, r, m) for s in scales for r in renoises for m in args.mattes.split(",")
+      ]:
+        if matte == "0" and not getattr(g.model, "canvas_alpha", False):
+          continue  # the same row as with mattes: the model does not read them
         out = g.generate(
             [clip["prompt"]],
-            # With their head mattes as alpha, as the eval gives them.
-            [[list(world.references_rgba(clip))]],
+            [[list(world.references_rgba(clip) if matte == "1" else refs)]],
             num_frames=args.frames,
             seed=0,
             layout=[[clip["boxes"][0]]],
