@@ -217,10 +217,10 @@ def load_image(path: str) -> np.ndarray:
       if image.size[0] * image.size[1] > MAX_REFERENCE_PIXELS:
         raise too_large
       image.load()
-      if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        array = np.asarray(image.convert("RGBA"), np.uint8)
-      else:
-        array = np.asarray(image.convert("RGB"), np.uint8)
+      transparent = image.mode in ("RGBA", "LA", "PA") or (
+          image.mode == "P" and "transparency" in image.info
+      )
+      array = np.asarray(image.convert("RGBA" if transparent else "RGB"), np.uint8)
   except Image.DecompressionBombError:
     raise too_large from None
   except configlib.UsageError:  # `too_large` itself (a ValueError): not "cannot read"

@@ -137,12 +137,17 @@ def prepare_reference(image, size: int) -> np.ndarray:
   width, height = image.size
   if width == 0 or height == 0:
     raise ValueError("A reference image is empty.")
+  return np.asarray(_centre_square(image, size), np.uint8)
+
+
+def _centre_square(image: Image.Image, size: int) -> Image.Image:
+  """The centred square crop of `image`, resized to `size` with PIL's
+  antialiased bilinear filter: how a reference (and its matte) is framed."""
+  width, height = image.size
   side = min(width, height)
   left, top = (width - side) // 2, (height - side) // 2
   image = image.crop((left, top, left + side, top + side))
-  if side != size:
-    image = image.resize((size, size), Image.BILINEAR)
-  return np.asarray(image, np.uint8)
+  return image if side == size else image.resize((size, size), Image.BILINEAR)
 
 
 def prepare_matte(image, size: int) -> np.ndarray:
@@ -159,13 +164,7 @@ def prepare_matte(image, size: int) -> np.ndarray:
              if array.ndim == 3 and array.shape[-1] in (2, 4) else None)
   if alpha is None:
     return np.ones((size, size), np.uint8)
-  width, height = alpha.size
-  side = min(width, height)
-  left, top = (width - side) // 2, (height - side) // 2
-  alpha = alpha.crop((left, top, left + side, top + side))
-  if side != size:
-    alpha = alpha.resize((size, size), Image.BILINEAR)
-  return (np.asarray(alpha) >= 128).astype(np.uint8)
+  return (np.asarray(_centre_square(alpha, size)) >= 128).astype(np.uint8)
 
 
 @dataclasses.dataclass
