@@ -59,6 +59,9 @@ def get_config():
   # One more canvas channel, its alpha: 1 where a reference's head is drawn
   # (the references' head mattes, data's reference_mattes or a PNG's alpha).
   config.model.canvas_alpha = False
+  # A fixed sin-cos embedding of each patch's place in the frame, added to
+  # its token (RoPE alone gives attention only relative offsets).
+  config.model.absolute_position = False
   # The face masks the model reads (identity routing, the layout channels,
   # the canvas, identity guidance) are the ellipses of the face boxes shrunk
   # by this factor about their centres; 1 = the box's inscribed ellipse.

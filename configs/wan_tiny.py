@@ -29,7 +29,7 @@ def get_config():
   config = configlib.load_config_file(os.path.join(os.path.dirname(__file__), "tiny_latent.py"))
   m = config.model
   # VideoDiT's own keys, which the Wan backbone does not read.
-  for key in ("text_width", "text_layers", "temporal_causal", "scan_blocks"):
+  for key in ("text_width", "text_layers", "temporal_causal", "scan_blocks", "absolute_position"):
     del m[key]
   m.backbone = "wan"
   m.prediction = "velocity"  # Wan's flow velocity, noise - x0

@@ -145,6 +145,7 @@ VIDEO = COMMON + (
     ("model.reference_canvas", boolean()),
     ("model.face_mask_scale", number(0.0, 1.0, lo_open=True)),
     ("model.canvas_alpha", boolean()),
+    ("model.absolute_position", boolean()),
     ("train.matte_dropout", PROBABILITY),
     ("model.width", integer(1)),
     ("model.depth", integer(1)),
@@ -262,6 +263,8 @@ VIDEO_RELATIONS = (
      "a Wan backbone predicts velocity (model.prediction='velocity')"),
     (("model.backbone", "model.reference_canvas"), lambda b, c: b != "wan" or not c,
      "a Wan backbone reads no reference canvas (model.reference_canvas=False)"),
+    (("model.absolute_position", "model.width"), lambda a, w: not a or w % 4 == 0,
+     "model.absolute_position's sin-cos embedding needs model.width divisible by 4"),
     (("model.canvas_alpha", "model.reference_canvas"), lambda a, c: not a or c,
      "model.canvas_alpha is the reference canvas's alpha: it needs model.reference_canvas=True"),
     (("sample.sampler", "sample.renoise"), lambda m, r: r == 0 or m == "euler",
@@ -302,6 +305,7 @@ ABSENT_AS = {
     "model.reference_canvas": False,  # before the reference canvas
     "model.face_mask_scale": 1.0,    # before shrunk face masks (the box's ellipse)
     "model.canvas_alpha": False,     # before the canvas's alpha channel
+    "model.absolute_position": False,  # before the patches' position embedding
     "train.matte_dropout": 0.0,      # before reference mattes
     "sample.shift": 1.0,             # before the timestep-grid shift
     "sample.renoise": 0.0,           # before the renoising sampler

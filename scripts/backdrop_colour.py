@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from idjax.data import world
 from idjax.eval import benchmark, realism
 from idjax.sampling.generator import Generator
 
@@ -39,7 +40,7 @@ def main(workdirs):
     frames = [
         gen.generate(
             [c["prompt"]],
-            [[list(c["references"][0])]],
+            [[list(world.references_rgba(c))]],
             num_frames=8,
             seed=0,
             layout=[[c["boxes"][0]]],

@@ -63,6 +63,7 @@ def tiny_model_config(**overrides) -> ml_collections.ConfigDict:
           prediction="velocity",
           reference_canvas=False,
           canvas_alpha=False,
+          absolute_position=False,
           param_dtype="float32",
           dtype="float32",
       )

@@ -361,3 +361,25 @@ def test_per_frame_timesteps_of_the_wrong_shape_are_refused():
   _, apply, params, args = model_setup()
   with pytest.raises(ValueError, match="per-frame timesteps must be"):
     apply({"params": params}, args[0], jnp.zeros((args[0].shape[0], 3)), *args[2:])
+
+
+def test_position_embedding_is_the_sin_cos_of_row_and_column():
+  emb = np.asarray(dit.position_embedding_2d(2, 3, 8))
+  chex.assert_shape(emb, (6, 8))
+  freqs = np.array([1.0, 1e-2])  # 10000 ** (-k / 2), k = 0, 1
+  for i in range(2):
+    for j in range(3):
+      want = np.concatenate([np.sin(i * freqs), np.cos(i * freqs),
+                             np.sin(j * freqs), np.cos(j * freqs)])
+      np.testing.assert_allclose(emb[i * 3 + j], want, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="divisible by 4"):
+    dit.position_embedding_2d(2, 2, 6)
+
+
+def test_absolute_position_adds_no_params_and_moves_the_output():
+  model, apply, params, args = model_setup()
+  placed, apply_placed, placed_params, _ = model_setup(absolute_position=True)
+  assert placed.absolute_position and not model.absolute_position
+  chex.assert_trees_all_equal_shapes(params, placed_params)
+  plain, moved = apply({"params": params}, *args), apply_placed({"params": params}, *args)
+  assert float(jnp.max(jnp.abs(plain - moved))) > 1e-3

@@ -37,6 +37,27 @@ def timestep_embedding(t, dim: int, max_period: float = 10_000.0):
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def position_embedding_2d(height: int, width: int, dim: int, max_period: float = 10_000.0):
+  """Fixed sin-cos embedding [height * width, dim] of each patch's (row, column),
+  half the channels for the row and half for the column (as in DiT and MAE).
+
+  RoPE tells attention only how far apart two patches are; this tells each
+  patch where in the frame it is, which a picture drawn from noise needs to
+  put a backdrop's top colour at the top.
+  """
+  if dim % 4:
+    raise ValueError(f"the position embedding needs a width divisible by 4, got {dim}.")
+  quarter = dim // 4
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(quarter, dtype=jnp.float32) / quarter)
+  rows, cols = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32),
+                            jnp.arange(width, dtype=jnp.float32), indexing="ij")
+  parts = []
+  for pos in (rows.reshape(-1), cols.reshape(-1)):
+    args = pos[:, None] * freqs
+    parts += [jnp.sin(args), jnp.cos(args)]
+  return jnp.concatenate(parts, axis=-1)
+
+
 def block_class(remat_policy: str, scan_blocks: bool):
   """DiTBlock wrapped in nn.remat per `remat_policy` ("none" = no remat)."""
   if remat_policy == "none":
@@ -143,6 +164,7 @@ class VideoDiT(nn.Module):
     dtype, param_dtype: names of the compute and parameter dtypes.
     canvas_alpha: the canvas has one more channel, its alpha at the model's
       grid (conditioning.alpha_to_grid): where it knows the head.
+    absolute_position: add position_embedding_2d to the patch tokens.
   """
   patch_size: tuple[int, int, int]
   width: int
@@ -167,6 +189,7 @@ class VideoDiT(nn.Module):
   dtype: str
   param_dtype: str
   canvas_alpha: bool
+  absolute_position: bool
 
   # Param scopes of the identity path, the "adapters" that
   # train.trainable = "adapters" trains (train.state.trainable_filter).
@@ -245,6 +268,8 @@ class VideoDiT(nn.Module):
     tokens = einops.rearrange(x_in.astype(dtype), "b (t pt) (h ph) (w pw) c -> b t (h w) (pt ph pw c)",
                               pt=pt, ph=ph, pw=pw)
     h = blocks.dense(self.width, ("conv_in", "embed"), name="patch_embed", **kw)(tokens)
+    if self.absolute_position:
+      h = h + position_embedding_2d(*grid, self.width).astype(dtype)
     h = nn.with_logical_constraint(h, ("batch", "frames", "patches", "embed"))
 
     # Text.
@@ -368,7 +393,8 @@ def build_model(model_config):
       reference_canvas=m.reference_canvas,
       dtype=m.dtype,
       param_dtype=m.param_dtype,
-      canvas_alpha=m.canvas_alpha)
+      canvas_alpha=m.canvas_alpha,
+      absolute_position=m.absolute_position)
 
 
 def _wan_identity_dit(m) -> WanIdentityDiT:
