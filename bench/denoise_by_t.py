@@ -15,10 +15,13 @@ Then it samples from the same clips noised to t0 (instead of from pure
 noise) and prints the FaceSim position of each start: a model whose samples
 fail from t0 = 1 but not from t0 = 0.6 denoises well and cannot lay out a
 frame from noise. One JSON object is written to --out; --sheet also draws
-the clean estimates along the sampling trajectory (docs/latent_trajectory.png).
+the clean estimates along the sampling trajectory (docs/latent_trajectory.png),
+--start-sheet the samples started from six clips noised to t0 = 1 ... 0.5
+(docs/start_from_real_sheet.png).
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -32,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from idjax import diffusion
+from idjax.data import world
 from idjax.eval import benchmark
 from idjax.face.frozen import FrozenFaceEncoder
 from idjax.sampling import samplers
@@ -86,39 +90,79 @@ def error_by_t(generator, clips):
   return rows
 
 
-def position_by_start(generator, eval_encoder, n):
-  """FaceSim position of samples started from real clips noised to t0."""
-  cfg = benchmark.world_config(generator.config, None)
-  ids = benchmark.heldout_identities(n + 1, seed=0)[:n]  # evaluate()'s order
-  real = np.stack([clip["frames"] for clip in benchmark.heldout_clips(cfg, ids)])
-  x0 = model_space(generator, real)
+@contextlib.contextmanager
+def started_from(generator, x0, t0):
+  """Within: `generator.generate` starts its first len(x0) examples from the
+  clips x0 (model space) noised to t0 instead of pure noise, on the grid
+  scaled to [t0, 0]; call it with steps=start_steps(generator, t0)."""
   make_batch, make_grid = generator._host_batch, samplers.timesteps
-  out = []
+  n = len(x0)
+
+  def host(*args):
+    batch = make_batch(*args)
+    start = batch.noise.copy()
+    start[:n] = (1 - t0) * x0 + t0 * start[:n]
+    return dataclasses.replace(batch, noise=start)
+
+  generator._host_batch = host
+  samplers.timesteps = lambda s, shift=1.0: (make_grid(s, shift) * t0).astype(np.float32)
   try:
-    for t0 in STARTS:
-
-      def host(*args, t0=t0):
-        batch = make_batch(*args)
-        start = batch.noise.copy()
-        start[:n] = (1 - t0) * x0 + t0 * start[:n]
-        return dataclasses.replace(batch, noise=start)
-
-      generator._host_batch = host
-      samplers.timesteps = lambda s, shift=1.0, t0=t0: (make_grid(s, shift) * t0).astype(np.float32)
-      steps = max(int(round(int(generator.config.sample.steps) * t0)), 1)
-      r = benchmark.evaluate(generator, eval_encoder, n, 0, {"refs+text": dict(steps=steps)})
-      out.append(dict(t0=t0, steps=steps, position=r["position"]["refs+text"]))
+    yield
   finally:
     generator._host_batch, samplers.timesteps = make_batch, make_grid
+
+
+def start_steps(generator, t0):
+  return max(int(round(int(generator.config.sample.steps) * t0)), 1)
+
+
+def protocol_clips(generator, n):
+  """evaluate()'s first n held-out clips (its identity order and frame count)."""
+  cfg = benchmark.world_config(generator.config, None)
+  return benchmark.heldout_clips(cfg, benchmark.heldout_identities(n + 1, seed=0)[:n])
+
+
+def position_by_start(generator, eval_encoder, n):
+  """FaceSim position of samples started from real clips noised to t0."""
+  x0 = model_space(generator, np.stack([c["frames"] for c in protocol_clips(generator, n)]))
+  out = []
+  for t0 in STARTS:
+    steps = start_steps(generator, t0)
+    with started_from(generator, x0, t0):
+      r = benchmark.evaluate(generator, eval_encoder, n, 0, {"refs+text": dict(steps=steps)})
+    out.append(dict(t0=t0, steps=steps, position=r["position"]["refs+text"]))
   return out
+
+
+def start_sheet(generator, n, path, starts=(1.0, 0.9, 0.8, 0.7, 0.5), renoise=None):
+  """PNG: per held-out clip (rows), its first frame, then the first frame of
+  the sample started from it noised to each t0 (columns), with RGBA
+  references: what of the clip's backdrop the sampler keeps."""
+  clips = protocol_clips(generator, n)
+  x0 = model_space(generator, np.stack([c["frames"] for c in clips]))
+  panels = [np.concatenate([c["frames"][0] for c in clips], 0)]
+  for t0 in starts:
+    with started_from(generator, x0, t0):
+      out = generator.generate(
+          [c["prompt"] for c in clips],
+          [[world.references_rgba(c)] for c in clips],
+          layout=[[c["boxes"][0]] for c in clips],
+          steps=start_steps(generator, t0),
+          seed=0,
+          renoise=renoise,
+          progress=False,
+      )
+    panels.append(np.concatenate(list(out["frames"][:, 0]), 0))
+  sheet = np.concatenate(panels, 1)
+  Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(path)
+  return list(starts)
 
 
 def trajectory_sheet(generator, n, path, columns=(0, 3, 6, 10, 15, 20)):
   """PNG: per held-out identity (rows), the real first frame, then the
   sampler's clean estimate x0_hat (decoded) at the grid steps `columns`,
   then the sample. x0_hat at step k is one Euler step from grid[k] to 0."""
-  cfg = benchmark.world_config(generator.config, None)
-  clips = benchmark.heldout_clips(cfg, benchmark.heldout_identities(n + 1, seed=0)[:n])
+  clips = protocol_clips(generator, n)
   steps = int(generator.config.sample.steps)
   grid = samplers.timesteps(steps)
   make_grid = samplers.timesteps
@@ -149,6 +193,17 @@ def main():
   p.add_argument("--clips", type=int, default=8)
   p.add_argument("--out", default="bench/results/denoise_by_t.json")
   p.add_argument("--sheet", default="", help="also write the trajectory contact sheet (PNG) here")
+  p.add_argument(
+      "--start-sheet",
+      default="",
+      help="also write samples started from real clips noised to t0 = 1 ... 0.5 (PNG)",
+  )
+  p.add_argument(
+      "--renoise",
+      type=float,
+      default=None,
+      help="--start-sheet's sample.renoise (default: the workdir's)",
+  )
   args = p.parse_args()
   generator = Generator.from_workdir(args.workdir)
   eval_encoder = FrozenFaceEncoder.from_workdir(
@@ -170,6 +225,10 @@ def main():
   if args.sheet:
     result["sheet"] = dict(path=args.sheet, t=trajectory_sheet(generator, 4, args.sheet))
     print(f"wrote {args.sheet}: columns real, then x0_hat at t = {result['sheet']['t']}")
+  if args.start_sheet:
+    t0s = start_sheet(generator, 6, args.start_sheet, renoise=args.renoise)
+    result["start_sheet"] = dict(path=args.start_sheet, t0=t0s, renoise=args.renoise)
+    print(f"wrote {args.start_sheet}: columns real, then samples started at t0 = {t0s}")
   os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
   with open(args.out, "w") as f:
     json.dump(result, f, indent=2)
