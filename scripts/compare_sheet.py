@@ -56,6 +56,7 @@ def main(argv=None):
   args = p.parse_args(argv)
   floats = lambda text: [None] if text is None else [float(s) for s in text.split(",")]
   scales, renoises = floats(args.identity_guidance), floats(args.renoise)
+  mattes = args.mattes.split(",")
 
   gens = [Generator.from_workdir(w) for w in args.workdir]
   side = max(g.resolution for g in gens)
@@ -69,9 +70,7 @@ def main(argv=None):
     refs = clip["references"][0]
     rows.append(np.concatenate([_upscale(refs[:1], side)[0]] + list(clip["frames"]), axis=1))
     for g in gens:
-      for scale, renoise, matte in [
-          (s, r, m) for s in scales for r in renoises for m in args.mattes.split(",")
-      ]:
+      for scale, renoise, matte in [(s, r, m) for s in scales for r in renoises for m in mattes]:
         if matte == "0" and not getattr(g.model, "canvas_alpha", False):
           continue  # the same row as with mattes: the model does not read them
         out = g.generate(
